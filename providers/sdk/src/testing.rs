@@ -16,9 +16,11 @@ use serde_json::{Value, json};
 
 use crate::*;
 
-static STORE: LazyLock<Mutex<HashMap<String, Value>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static STORE: LazyLock<Mutex<HashMap<String, Value>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 /// Apply attempts per key, for `transientFailures`.
-static ATTEMPTS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static ATTEMPTS: LazyLock<Mutex<HashMap<String, u64>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The in-memory provider, named `memory`.
 #[derive(Default)]
@@ -58,7 +60,11 @@ fn outputs(id: &str, spec: &Value) -> Value {
 
 impl MemoryProvider {
     fn key(&self, address: &str) -> String {
-        format!("{}|{}", self.namespace.get().map(String::as_str).unwrap_or(""), address)
+        format!(
+            "{}|{}",
+            self.namespace.get().map(String::as_str).unwrap_or(""),
+            address
+        )
     }
 
     /// Every object of a namespace (for assertions in tests).
@@ -98,22 +104,29 @@ impl Provider for MemoryProvider {
     }
 
     async fn configure(&self, request: ConfigureRequest) -> ConfigureResponse {
-        let namespace = request.config.get("namespace").and_then(Value::as_str).unwrap_or("");
+        let namespace = request
+            .config
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let _ = self.namespace.set(namespace.to_string());
         ConfigureResponse::default()
     }
 
     async fn read(&self, request: ReadRequest) -> ReadResponse {
         let store = STORE.lock().unwrap_or_else(|e| e.into_inner());
-        let state = store.get(&self.key(&request.resource.address)).map(|spec| {
-            ResourceState {
+        let state = store
+            .get(&self.key(&request.resource.address))
+            .map(|spec| ResourceState {
                 id: request.resource.address.clone(),
                 spec: spec.clone(),
                 outputs: outputs(&request.resource.address, spec),
                 private: Value::Null,
-            }
-        });
-        ReadResponse { diagnostics: vec![], state }
+            });
+        ReadResponse {
+            diagnostics: vec![],
+            state,
+        }
     }
 
     async fn plan(&self, request: PlanRequest) -> PlanResponse {
@@ -124,9 +137,13 @@ impl Provider for MemoryProvider {
             Some(current) if current.spec == desired => PlannedAction::NoOp,
             Some(current) => {
                 if current.spec.get("immutable") != desired.get("immutable") {
-                    PlannedAction::Replace { reasons: vec!["`immutable` cannot change in place".into()] }
+                    PlannedAction::Replace {
+                        reasons: vec!["`immutable` cannot change in place".into()],
+                    }
                 } else {
-                    PlannedAction::Update { patch: diff(&current.spec, &desired) }
+                    PlannedAction::Update {
+                        patch: diff(&current.spec, &desired),
+                    }
                 }
             }
         };
@@ -143,9 +160,16 @@ impl Provider for MemoryProvider {
         let key = self.key(&address);
         let mut store = STORE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(message) = request.desired.get("failApply").and_then(Value::as_str) {
-            return ApplyResponse { diagnostics: vec![Diagnostic::error(message)], state: None };
+            return ApplyResponse {
+                diagnostics: vec![Diagnostic::error(message)],
+                state: None,
+            };
         }
-        let wanted = request.desired.get("transientFailures").and_then(Value::as_u64).unwrap_or(0);
+        let wanted = request
+            .desired
+            .get("transientFailures")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let mut attempts = ATTEMPTS.lock().unwrap_or_else(|e| e.into_inner());
         let count = attempts.entry(key.clone()).or_insert(0);
         if *count < wanted {
@@ -187,7 +211,10 @@ impl Provider for MemoryProvider {
                 }),
             },
             None => ImportResponse {
-                diagnostics: vec![Diagnostic::error(format!("no object `{}` in memory", request.id))],
+                diagnostics: vec![Diagnostic::error(format!(
+                    "no object `{}` in memory",
+                    request.id
+                ))],
                 state: None,
             },
         }

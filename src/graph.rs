@@ -1,0 +1,272 @@
+//! The dependency graph of resources: edges from `dependsOn`, from `ref()` and from
+//! components' `dependsOn`. A cycle is an error naming every address in it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::{DiGraph, NodeIndex};
+use strata_provider_sdk::unknown;
+
+use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::provider::Registry;
+use crate::render::Rendered;
+use crate::stack::Stack;
+
+/// Why one resource depends on another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EdgeKind {
+    /// `dependsOn` of the resource.
+    Explicit,
+    /// A `ref()` in its spec.
+    Reference,
+    /// `dependsOn` of its component.
+    Component,
+}
+
+/// Resources and who depends on whom. An edge `a → b` means `a` must exist before `b`.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    graph: DiGraph<String, EdgeKind>,
+    index: HashMap<String, NodeIndex>,
+}
+
+impl Graph {
+    /// Builds the graph of the rendered resources and checks it: every reference names a
+    /// resource and an output it has, and there is no cycle.
+    pub fn build(
+        stack: &Stack,
+        rendered: &Rendered,
+        registry: &Registry,
+    ) -> Result<Graph, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        let mut graph = DiGraph::with_capacity(rendered.resources.len(), rendered.resources.len());
+        let mut index = HashMap::with_capacity(rendered.resources.len());
+        for address in rendered.resources.keys() {
+            index.insert(address.clone(), graph.add_node(address.clone()));
+        }
+        let mut edges: BTreeSet<(NodeIndex, NodeIndex, EdgeKind)> = BTreeSet::new();
+        for (address, resource) in &rendered.resources {
+            let to = index[address];
+            for dep in &resource.depends_on {
+                match index.get(dep) {
+                    Some(&from) => {
+                        edges.insert((from, to, EdgeKind::Explicit));
+                    }
+                    None => diags.push(
+                        Diagnostic::error(format!(
+                            "`{address}` depends on `{dep}`, which the stack does not render"
+                        ))
+                        .at(resource.origin.clone())
+                        .field("dependsOn")
+                        .hint("`strata render` lists every address"),
+                    ),
+                }
+            }
+            unknown::visit_references(&resource.spec, &mut |r| match index.get(r.address) {
+                Some(&from) => {
+                    let target = &rendered.resources[r.address];
+                    if let Some(info) = registry.type_info(&target.resource_type)
+                        && !info
+                            .outputs
+                            .iter()
+                            .any(|o| o == r.field.split('.').next().unwrap_or(r.field))
+                    {
+                        diags.push(
+                            Diagnostic::error(format!(
+                                "`{address}` refers to output `{}` of `{}`, which it does not have",
+                                r.field, r.address
+                            ))
+                            .at(resource.origin.clone())
+                            .hint(format!(
+                                "`{}` outputs: {}",
+                                target.resource_type,
+                                info.outputs.join(", ")
+                            )),
+                        );
+                    }
+                    edges.insert((from, to, EdgeKind::Reference));
+                }
+                None => diags.push(
+                    Diagnostic::error(format!(
+                        "`{address}` refers to `{}`, which the stack does not render",
+                        r.address
+                    ))
+                    .at(resource.origin.clone())
+                    .hint("`strata render` lists every address"),
+                ),
+            });
+        }
+        // Component dependencies: every resource of the component waits for every resource
+        // of the components it depends on (on the same site when they are there too).
+        let mut by_component: HashMap<(&str, &str), Vec<NodeIndex>> = HashMap::new();
+        for instance in &rendered.instances {
+            let top = instance
+                .component
+                .split('.')
+                .next()
+                .unwrap_or(&instance.component);
+            let nodes = by_component
+                .entry((instance.site.as_str(), top))
+                .or_default();
+            nodes.extend(
+                instance
+                    .resources
+                    .iter()
+                    .filter_map(|a| index.get(a).copied()),
+            );
+        }
+        for component in &stack.components {
+            for dep in &component.depends_on {
+                for site in stack.sites_of(component) {
+                    let Some(targets) = by_component.get(&(site, component.name.as_str())) else {
+                        continue;
+                    };
+                    let sources: Vec<NodeIndex> = match by_component.get(&(site, dep.as_str())) {
+                        Some(same_site) => same_site.clone(),
+                        None => by_component
+                            .iter()
+                            .filter(|((_, c), _)| *c == dep.as_str())
+                            .flat_map(|(_, nodes)| nodes.iter().copied())
+                            .collect(),
+                    };
+                    for &to in targets {
+                        for &from in &sources {
+                            edges.insert((from, to, EdgeKind::Component));
+                        }
+                    }
+                }
+            }
+        }
+        for (from, to, kind) in edges {
+            graph.add_edge(from, to, kind);
+        }
+        let built = Graph { graph, index };
+        diags.extend(built.cycles());
+        diags.into_result(built)
+    }
+
+    /// An empty graph.
+    pub fn empty() -> Graph {
+        Graph {
+            graph: DiGraph::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Builds a graph from explicit edges (`(from, to)`: `from` first).
+    pub fn from_edges<'a>(
+        nodes: impl IntoIterator<Item = &'a str>,
+        edges: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Graph {
+        let mut g = Graph::empty();
+        for n in nodes {
+            let i = g.graph.add_node(n.to_string());
+            g.index.insert(n.to_string(), i);
+        }
+        for (from, to) in edges {
+            if let (Some(&a), Some(&b)) = (g.index.get(from), g.index.get(to)) {
+                g.graph.update_edge(a, b, EdgeKind::Explicit);
+            }
+        }
+        g
+    }
+
+    fn cycles(&self) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for scc in tarjan_scc(&self.graph) {
+            let is_cycle = scc.len() > 1 || self.graph.contains_edge(scc[0], scc[0]);
+            if !is_cycle {
+                continue;
+            }
+            let mut names: Vec<&str> = scc.iter().map(|&n| self.graph[n].as_str()).collect();
+            names.sort();
+            out.push(
+                Diagnostic::error(format!(
+                    "dependency cycle between {} resources",
+                    names.len()
+                ))
+                .detail(
+                    names
+                        .iter()
+                        .map(|n| format!("{n}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+                .hint(
+                    "remove one `dependsOn` or `ref()` between them so that one can be made first",
+                ),
+            );
+        }
+        out
+    }
+
+    /// The addresses `address` depends on directly.
+    pub fn dependencies(&self, address: &str) -> Vec<&str> {
+        let Some(&i) = self.index.get(address) else {
+            return vec![];
+        };
+        let mut deps: Vec<&str> = self
+            .graph
+            .neighbors_directed(i, petgraph::Direction::Incoming)
+            .map(|n| self.graph[n].as_str())
+            .collect();
+        deps.sort_unstable();
+        deps.dedup();
+        deps
+    }
+
+    /// All addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.graph.node_weights().map(String::as_str)
+    }
+
+    /// The graph in Graphviz DOT, nodes grouped by site.
+    pub fn to_dot(&self) -> String {
+        let mut sites: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for address in self.addresses() {
+            sites
+                .entry(address.split('/').next().unwrap_or(""))
+                .or_default()
+                .push(address);
+        }
+        let mut out = String::from(
+            "digraph strata {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for (i, (site, addresses)) in sites.iter().enumerate() {
+            out.push_str(&format!(
+                "  subgraph cluster_{i} {{\n    label={:?};\n",
+                site
+            ));
+            let mut addresses = addresses.clone();
+            addresses.sort_unstable();
+            for a in addresses {
+                out.push_str(&format!("    {:?};\n", a));
+            }
+            out.push_str("  }\n");
+        }
+        let mut edges: Vec<(&str, &str, EdgeKind)> = self
+            .graph
+            .edge_indices()
+            .filter_map(|e| {
+                self.graph.edge_endpoints(e).map(|(a, b)| {
+                    (
+                        self.graph[a].as_str(),
+                        self.graph[b].as_str(),
+                        self.graph[e],
+                    )
+                })
+            })
+            .collect();
+        edges.sort();
+        for (from, to, kind) in edges {
+            let style = match kind {
+                EdgeKind::Explicit => "",
+                EdgeKind::Reference => " [style=dashed]",
+                EdgeKind::Component => " [color=gray]",
+            };
+            out.push_str(&format!("  {:?} -> {:?}{style};\n", from, to));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
