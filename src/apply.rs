@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use strata_provider_sdk::{
-    ApplyRequest, ApplyResponse, DeleteRequest, PlanRequest, PlannedAction, ReadRequest,
-    ResourceAddress, ResourceState, unknown,
+    ApplyRequest, ApplyResponse, DeleteRequest, PlanRequest, PlannedAction, ReadRequest, ResourceAddress,
+    ResourceState, unknown,
 };
 
 use crate::diagnostics::Diagnostic;
@@ -97,11 +97,7 @@ pub async fn apply(
 ) -> (Report, State) {
     let started = Instant::now();
     let changes: Arc<Vec<Change>> = Arc::new(plan.changes.clone());
-    let index: HashMap<&str, usize> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.address.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = changes.iter().enumerate().map(|(i, c)| (c.address.as_str(), i)).collect();
     let mut nodes: Vec<Node> = changes
         .iter()
         .map(|c| Node {
@@ -110,20 +106,13 @@ pub async fn apply(
             dependencies: if c.action == Action::Delete {
                 vec![]
             } else {
-                c.depends_on
-                    .iter()
-                    .filter_map(|d| index.get(d.as_str()).copied())
-                    .collect()
+                c.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()).collect()
             },
         })
         .collect();
     // A deletion waits for everything that depended on the deleted resource.
     for (i, c) in changes.iter().enumerate() {
-        let prior_deps = state
-            .resources
-            .get(&c.address)
-            .map(|r| r.depends_on.clone())
-            .unwrap_or_default();
+        let prior_deps = state.resources.get(&c.address).map(|r| r.depends_on.clone()).unwrap_or_default();
         for d in prior_deps {
             if let Some(&j) = index.get(d.as_str())
                 && changes[j].action == Action::Delete
@@ -134,13 +123,9 @@ pub async fn apply(
         }
     }
 
-    let recorder = Arc::new(Recorder {
-        state: Mutex::new(state),
-        backend,
-    });
+    let recorder = Arc::new(Recorder { state: Mutex::new(state), backend });
     let outputs: Arc<Mutex<HashMap<String, Value>>> = Arc::new(Mutex::new(HashMap::new()));
-    let reports: Arc<Mutex<Vec<Option<ResourceReport>>>> =
-        Arc::new(Mutex::new(vec![None; changes.len()]));
+    let reports: Arc<Mutex<Vec<Option<ResourceReport>>>> = Arc::new(Mutex::new(vec![None; changes.len()]));
     let outcomes = walk::walk(&nodes, limits, |i| {
         let changes = changes.clone();
         let recorder = recorder.clone();
@@ -156,10 +141,7 @@ pub async fn apply(
             }
             let result = match site {
                 Some(site) => apply_one(change, &site, &recorder, &outputs).await,
-                None => Err(vec![Diagnostic::error(format!(
-                    "site `{}` is not configured",
-                    change.site
-                ))]),
+                None => Err(vec![Diagnostic::error(format!("site `{}` is not configured", change.site))]),
             };
             let ok = result.is_ok();
             let report = ResourceReport {
@@ -199,11 +181,7 @@ pub async fn apply(
     }
     report.resources.sort_by(|a, b| a.address.cmp(&b.address));
     report.elapsed = started.elapsed();
-    let state = recorder
-        .state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let state = recorder.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
     (report, state)
 }
 
@@ -220,15 +198,8 @@ fn convert(
     diagnostics: Vec<strata_provider_sdk::Diagnostic>,
 ) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
     let failed = strata_provider_sdk::has_errors(&diagnostics);
-    let converted = diagnostics
-        .into_iter()
-        .map(|d| Diagnostic::from_provider(d, address))
-        .collect();
-    if failed {
-        Err(converted)
-    } else {
-        Ok(converted)
-    }
+    let converted = diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
+    if failed { Err(converted) } else { Ok(converted) }
 }
 
 fn now() -> String {
@@ -253,10 +224,7 @@ fn record_of(change: &Change, spec: Value, state: ResourceState) -> ResourceReco
 }
 
 /// Calls the provider until it succeeds, fails for good, or the retries are spent.
-async fn with_retries<T, F, Fut>(
-    mut call: F,
-    diagnostics_of: fn(&T) -> &[strata_provider_sdk::Diagnostic],
-) -> T
+async fn with_retries<T, F, Fut>(mut call: F, diagnostics_of: fn(&T) -> &[strata_provider_sdk::Diagnostic]) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = T>,
@@ -266,10 +234,7 @@ where
         let response = call().await;
         let diagnostics = diagnostics_of(&response);
         let transient = strata_provider_sdk::has_errors(diagnostics)
-            && diagnostics
-                .iter()
-                .filter(|d| d.severity == strata_provider_sdk::Severity::Error)
-                .all(|d| d.transient);
+            && diagnostics.iter().filter(|d| d.severity == strata_provider_sdk::Severity::Error).all(|d| d.transient);
         if !transient || attempt >= RETRIES {
             return response;
         }
@@ -291,10 +256,7 @@ async fn apply_one(
     let provider = &site.provider;
     let address = &change.address;
     let publish = |values: &Value| {
-        outputs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(address.clone(), values.clone());
+        outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), values.clone());
     };
     let mut warnings = Vec::new();
 
@@ -312,12 +274,7 @@ async fn apply_one(
             return Ok(());
         };
         let response = with_retries(
-            || {
-                provider.delete(DeleteRequest {
-                    resource: resource_of(change),
-                    current: current.clone(),
-                })
-            },
+            || provider.delete(DeleteRequest { resource: resource_of(change), current: current.clone() }),
             |r| &r.diagnostics,
         )
         .await;
@@ -334,53 +291,45 @@ async fn apply_one(
     let mut desired = change.after.clone().unwrap_or(Value::Null);
     {
         let known = outputs.lock().unwrap_or_else(|e| e.into_inner());
-        unknown::resolve(&mut desired, &|target, field| {
-            lookup_field(known.get(target)?, field).cloned()
-        });
+        unknown::resolve(&mut desired, &|target, field| lookup_field(known.get(target)?, field).cloned());
     }
     if unknown::contains_unknown(&desired) {
         let mut missing = Vec::new();
-        unknown::visit_references(&desired, &mut |r| {
-            missing.push(format!("{}#{}", r.address, r.field))
-        });
+        unknown::visit_references(&desired, &mut |r| missing.push(format!("{}#{}", r.address, r.field)));
         return Err(vec![
-            Diagnostic::error(format!("`{address}` refers to outputs that are still unknown after their resources were applied"))
-                .detail(missing.join("\n"))
-                .hint("the referenced resource does not report that output; check the field name"),
+            Diagnostic::error(format!(
+                "`{address}` refers to outputs that are still unknown after their resources were applied"
+            ))
+            .detail(missing.join("\n"))
+            .hint("the referenced resource does not report that output; check the field name"),
         ]);
     }
 
     // Plan again against the live state, and check it agrees with the saved plan.
     let read = provider
-        .read(ReadRequest {
-            resource: resource_of(change),
-            spec: desired.clone(),
-            prior: change.current.clone(),
-        })
+        .read(ReadRequest { resource: resource_of(change), spec: desired.clone(), prior: change.current.clone() })
         .await;
     warnings.extend(convert(address, read.diagnostics)?);
     let current = read.state;
     if let Some(current) = &current
         && !change.lifecycle.ignore_changes.is_empty()
     {
-        keep_ignored(
-            &mut desired,
-            &current.spec,
-            &change.lifecycle.ignore_changes,
-        );
+        keep_ignored(&mut desired, &current.spec, &change.lifecycle.ignore_changes);
     }
     let replanned = provider
-        .plan(PlanRequest {
-            resource: resource_of(change),
-            desired: desired.clone(),
-            current: current.clone(),
-        })
+        .plan(PlanRequest { resource: resource_of(change), desired: desired.clone(), current: current.clone() })
         .await;
     warnings.extend(convert(address, replanned.diagnostics)?);
     let stale = |now: &str| {
         vec![
-            Diagnostic::error(format!("`{address}` changed since the plan: it was planned to {:?}, and now needs {now}", change.action).to_lowercase())
-                .hint("run `strata plan` again"),
+            Diagnostic::error(
+                format!(
+                    "`{address}` changed since the plan: it was planned to {:?}, and now needs {now}",
+                    change.action
+                )
+                .to_lowercase(),
+            )
+            .hint("run `strata plan` again"),
         ]
     };
     let replace = match (change.action, &replanned.action) {
@@ -404,22 +353,13 @@ async fn apply_one(
         (_, PlannedAction::Update { .. }) => return Err(stale("an update")),
         (_, PlannedAction::Replace { .. }) => return Err(stale("a replacement")),
     };
-    let private = if replanned.private.is_null() {
-        change.private.clone()
-    } else {
-        replanned.private
-    };
+    let private = if replanned.private.is_null() { change.private.clone() } else { replanned.private };
 
     let create_first = replace && change.lifecycle.create_before_destroy;
     if replace && !create_first {
         if let Some(old) = current.clone() {
             let response = with_retries(
-                || {
-                    provider.delete(DeleteRequest {
-                        resource: resource_of(change),
-                        current: old.clone(),
-                    })
-                },
+                || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
                 |r| &r.diagnostics,
             )
             .await;
@@ -437,10 +377,7 @@ async fn apply_one(
             .update(|s| {
                 s.intents.insert(
                     address.clone(),
-                    Intent {
-                        action: if replace { "replace" } else { "create" }.into(),
-                        since: now(),
-                    },
+                    Intent { action: if replace { "replace" } else { "create" }.into(), since: now() },
                 );
             })
             .map_err(|d| vec![d])?;
@@ -474,12 +411,7 @@ async fn apply_one(
                 && let Some(old) = current.filter(|old| old.id != new_id)
             {
                 let response = with_retries(
-                    || {
-                        provider.delete(DeleteRequest {
-                            resource: resource_of(change),
-                            current: old.clone(),
-                        })
-                    },
+                    || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
                     |r| &r.diagnostics,
                 )
                 .await;

@@ -84,15 +84,9 @@ impl BlueprintRef {
     /// Parses `name@range` (or just `name`: any version).
     pub fn parse(text: &str) -> Result<BlueprintRef, String> {
         match text.split_once('@') {
-            None => Ok(BlueprintRef {
-                name: text.to_string(),
-                range: VersionReq::STAR,
-            }),
+            None => Ok(BlueprintRef { name: text.to_string(), range: VersionReq::STAR }),
             Some((name, range)) => VersionReq::parse(range)
-                .map(|range| BlueprintRef {
-                    name: name.to_string(),
-                    range,
-                })
+                .map(|range| BlueprintRef { name: name.to_string(), range })
                 .map_err(|e| format!("`{range}` is not a version range: {e}")),
         }
     }
@@ -129,11 +123,8 @@ impl Catalog {
             if !folder.is_dir() {
                 if required {
                     diags.push(
-                        Diagnostic::error(format!(
-                            "catalog folder `{}` does not exist",
-                            folder.display()
-                        ))
-                        .hint("fix `spec.catalog` in the stack, or create the folder"),
+                        Diagnostic::error(format!("catalog folder `{}` does not exist", folder.display()))
+                            .hint("fix `spec.catalog` in the stack, or create the folder"),
                     );
                 }
                 continue;
@@ -145,77 +136,44 @@ impl Catalog {
                 }
             }
         }
-        blueprints
-            .sort_by(|a: &Arc<Blueprint>, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        blueprints.sort_by(|a: &Arc<Blueprint>, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         for pair in blueprints.windows(2) {
             if pair[0].name == pair[1].name && pair[0].version == pair[1].version {
                 diags.push(
-                    Diagnostic::error(format!(
-                        "blueprint `{}` is in the catalog twice",
-                        pair[1].id()
-                    ))
-                    .at(Location::file(pair[1].doc.name()))
-                    .detail(format!("also in {}", pair[0].dir.display()))
-                    .hint("bump the version of one of them, or remove it"),
+                    Diagnostic::error(format!("blueprint `{}` is in the catalog twice", pair[1].id()))
+                        .at(Location::file(pair[1].doc.name()))
+                        .detail(format!("also in {}", pair[0].dir.display()))
+                        .hint("bump the version of one of them, or remove it"),
                 );
             }
         }
-        diags.into_result(Catalog {
-            blueprints,
-            folders: folders.to_vec(),
-        })
+        diags.into_result(Catalog { blueprints, folders: folders.to_vec() })
     }
 
     /// The highest version of `reference`'s blueprint that its range allows.
     pub fn resolve(&self, reference: &str) -> Result<Arc<Blueprint>, String> {
         let wanted = BlueprintRef::parse(reference)?;
-        let versions: Vec<&Arc<Blueprint>> = self
-            .blueprints
-            .iter()
-            .filter(|b| b.name == wanted.name)
-            .collect();
+        let versions: Vec<&Arc<Blueprint>> = self.blueprints.iter().filter(|b| b.name == wanted.name).collect();
         if versions.is_empty() {
             let mut names: Vec<&str> = self.blueprints.iter().map(|b| b.name.as_str()).collect();
             names.dedup();
-            let folders: Vec<String> = self
-                .folders
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect();
+            let folders: Vec<String> = self.folders.iter().map(|f| f.display().to_string()).collect();
             return Err(format!(
                 "no blueprint named `{}` in the catalog ({}); it has: {}",
                 wanted.name,
                 folders.join(", "),
-                if names.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    names.join(", ")
-                }
+                if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
             ));
         }
-        versions
-            .iter()
-            .rev()
-            .find(|b| wanted.range.matches(&b.version))
-            .map(|b| Arc::clone(b))
-            .ok_or_else(|| {
-                let found: Vec<String> = versions.iter().map(|b| b.version.to_string()).collect();
-                format!(
-                    "no version of `{}` matches `{}`; found: {}",
-                    wanted.name,
-                    wanted.range,
-                    found.join(", ")
-                )
-            })
+        versions.iter().rev().find(|b| wanted.range.matches(&b.version)).map(|b| Arc::clone(b)).ok_or_else(|| {
+            let found: Vec<String> = versions.iter().map(|b| b.version.to_string()).collect();
+            format!("no version of `{}` matches `{}`; found: {}", wanted.name, wanted.range, found.join(", "))
+        })
     }
 
     /// The blueprints with this name, oldest first.
     pub fn versions(&self, name: &str) -> Vec<Arc<Blueprint>> {
-        self.blueprints
-            .iter()
-            .filter(|b| b.name == name)
-            .cloned()
-            .collect()
+        self.blueprints.iter().filter(|b| b.name == name).cloned().collect()
     }
 }
 
@@ -228,11 +186,7 @@ fn blueprint_dirs(folder: &Path) -> Vec<PathBuf> {
         if child.join("blueprint.yaml").is_file() {
             found.push(child);
         } else {
-            found.extend(
-                sorted_children(&child)
-                    .into_iter()
-                    .filter(|c| c.join("blueprint.yaml").is_file()),
-            );
+            found.extend(sorted_children(&child).into_iter().filter(|c| c.join("blueprint.yaml").is_file()));
         }
     }
     found
@@ -240,13 +194,7 @@ fn blueprint_dirs(folder: &Path) -> Vec<PathBuf> {
 
 fn sorted_children(folder: &Path) -> Vec<PathBuf> {
     let mut children: Vec<PathBuf> = std::fs::read_dir(folder)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     children.sort();
     children
@@ -268,15 +216,10 @@ fn load_blueprint(dir: &Path) -> Result<Blueprint, Diagnostics> {
             .field("metadata.version")
             .hint("write MAJOR.MINOR.PATCH, e.g. 1.2.0")
     });
-    let raw: RawSpec =
-        serde_json::from_value(doc.value.get("spec").cloned().unwrap_or_else(empty_object))
-            .map_err(|e| {
-                Diagnostic::error(format!("cannot read the blueprint: {e}")).at(doc.locate("/spec"))
-            })?;
+    let raw: RawSpec = serde_json::from_value(doc.value.get("spec").cloned().unwrap_or_else(empty_object))
+        .map_err(|e| Diagnostic::error(format!("cannot read the blueprint: {e}")).at(doc.locate("/spec")))?;
 
-    let mut inputs = raw
-        .inputs
-        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+    let mut inputs = raw.inputs.unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
     if let Value::Object(map) = &mut inputs
         && !map.contains_key("additionalProperties")
         && !map.contains_key("unevaluatedProperties")
@@ -304,11 +247,7 @@ fn load_blueprint(dir: &Path) -> Result<Blueprint, Diagnostics> {
     for (i, u) in raw.uses.iter().enumerate() {
         if let Err(e) = BlueprintRef::parse(&u.blueprint) {
             let at = format!("/spec/uses/{i}/blueprint");
-            diags.push(
-                Diagnostic::error(e)
-                    .at(doc.locate(&at))
-                    .field(pointer_to_field(&at)),
-            );
+            diags.push(Diagnostic::error(e).at(doc.locate(&at)).field(pointer_to_field(&at)));
         }
     }
 
@@ -319,19 +258,12 @@ fn load_blueprint(dir: &Path) -> Result<Blueprint, Diagnostics> {
             .map(|e| e.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         files.sort();
-        for file in files
-            .into_iter()
-            .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "j2"))
-        {
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        for file in files.into_iter().filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "j2")) {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             match std::fs::read_to_string(&file) {
                 Ok(source) => templates.push((name, source)),
                 Err(e) => diags.push(
-                    Diagnostic::error(format!("cannot read template `{}`", file.display()))
-                        .detail(e.to_string()),
+                    Diagnostic::error(format!("cannot read template `{}`", file.display())).detail(e.to_string()),
                 ),
             }
         }

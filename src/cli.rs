@@ -28,12 +28,7 @@ use crate::state::{self, LocalBackend};
 #[command(name = "strata", version, about, long_about = None)]
 pub struct Cli {
     /// The stack file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "stack.yaml",
-        env = "STRATA_STACK"
-    )]
+    #[arg(long, global = true, default_value = "stack.yaml", env = "STRATA_STACK")]
     pub stack: PathBuf,
     /// More logging on stderr (-v info, -vv debug, -vvv trace); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -155,10 +150,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let color = !cli.no_color && Style::detect(std::io::stderr().is_terminal()).color;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -206,10 +198,7 @@ fn print(text: &str) {
 }
 
 fn print_json(value: &serde_json::Value) {
-    print(&format!(
-        "{}\n",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    ));
+    print(&format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()));
 }
 
 /// Runs a parsed command line with the given providers.
@@ -232,33 +221,18 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             if *json {
                 print_json(&serde_json::to_value(&loaded.rendered).unwrap_or_default());
             } else {
-                print(&render_yaml(&loaded.rendered));
+                print(&output::render_yaml(&loaded.rendered));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan {
-            json,
-            out,
-            detailed_exitcode,
-            destroy,
-            walk,
-        } => {
+        Command::Plan { json, out, detailed_exitcode, destroy, walk } => {
             let loaded = engine::load(&cli.stack, &registry)?;
             let backend = engine::backend(&loaded.stack);
             let _lock = LockGuard::take(backend.clone(), "plan")?;
             let state = engine::read_state(backend.as_ref())?;
-            let sites = engine::configure(
-                &registry,
-                &loaded.stack.name,
-                &engine::connections(&loaded.stack),
-            )
-            .await?;
+            let sites = engine::configure(&registry, &loaded.stack.name, &engine::connections(&loaded.stack)).await?;
             let limits = interruptible(engine::limits(walk.parallelism.into(), &sites));
-            let operation = if *destroy {
-                Operation::Destroy
-            } else {
-                Operation::Apply
-            };
+            let operation = if *destroy { Operation::Destroy } else { Operation::Apply };
             let plan = engine::plan(&loaded, state.as_ref(), &sites, operation, &limits).await?;
             if *json {
                 print_json(&output::plan_json(&plan));
@@ -275,17 +249,9 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
                     ));
                 }
             }
-            Ok(if *detailed_exitcode && plan.has_changes() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if *detailed_exitcode && plan.has_changes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
-        Command::Apply {
-            plan: Some(path),
-            walk,
-            ..
-        } => {
+        Command::Apply { plan: Some(path), walk, .. } => {
             let plan = load_plan(path)?;
             let backend: Arc<dyn state::Backend> = Arc::new(LocalBackend::new(&plan.state.path));
             let _lock = LockGuard::take(backend.clone(), "apply")?;
@@ -293,31 +259,11 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             engine::check_plan_is_current(&plan, state.as_ref())?;
             execute(&plan, state, backend, &registry, walk, &style).await
         }
-        Command::Apply {
-            plan: None,
-            auto_approve,
-            walk,
-        } => {
-            converge(
-                &cli,
-                &registry,
-                Operation::Apply,
-                *auto_approve,
-                walk,
-                &style,
-            )
-            .await
+        Command::Apply { plan: None, auto_approve, walk } => {
+            converge(&cli, &registry, Operation::Apply, *auto_approve, walk, &style).await
         }
         Command::Destroy { auto_approve, walk } => {
-            converge(
-                &cli,
-                &registry,
-                Operation::Destroy,
-                *auto_approve,
-                walk,
-                &style,
-            )
-            .await
+            converge(&cli, &registry, Operation::Destroy, *auto_approve, walk, &style).await
         }
         Command::Show { json } => {
             let (_, state) = state_of(&cli.stack)?;
@@ -327,8 +273,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             };
             if *json {
                 let mut value = serde_json::to_value(&state).unwrap_or_default();
-                if let Some(resources) = value.get_mut("resources").and_then(|r| r.as_object_mut())
-                {
+                if let Some(resources) = value.get_mut("resources").and_then(|r| r.as_object_mut()) {
                     for (address, record) in resources.iter_mut() {
                         if let Some(r) = state.resources.get(address) {
                             record["spec"] = state::redact(&r.spec, &r.sensitive);
@@ -337,15 +282,9 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
                 }
                 print_json(&value);
             } else {
-                let mut text = format!(
-                    "state {} (lineage {}, serial {})\n",
-                    state.stack, state.lineage, state.serial
-                );
+                let mut text = format!("state {} (lineage {}, serial {})\n", state.stack, state.lineage, state.serial);
                 for (address, r) in &state.resources {
-                    text.push_str(&format!(
-                        "\n{address}\n  id: {}\n  blueprint: {}\n",
-                        r.id, r.blueprint
-                    ));
+                    text.push_str(&format!("\n{address}\n  id: {}\n  blueprint: {}\n", r.id, r.blueprint));
                     if let Some(map) = r.outputs.as_object() {
                         for (k, v) in map {
                             text.push_str(&format!("  {k} = {}\n", short(v)));
@@ -358,23 +297,16 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
         }
         Command::State(StateCommand::List) => {
             let (_, state) = state_of(&cli.stack)?;
-            let text: String = state
-                .iter()
-                .flat_map(|s| s.resources.keys())
-                .map(|a| format!("{a}\n"))
-                .collect();
+            let text: String = state.iter().flat_map(|s| s.resources.keys()).map(|a| format!("{a}\n")).collect();
             print(&text);
             Ok(ExitCode::SUCCESS)
         }
         Command::State(StateCommand::Show { address }) => {
             let (_, state) = state_of(&cli.stack)?;
-            let record = state
-                .as_ref()
-                .and_then(|s| s.resources.get(address))
-                .ok_or_else(|| {
-                    Diagnostic::error(format!("`{address}` is not in the state"))
-                        .hint("`strata state list` shows every address")
-                })?;
+            let record = state.as_ref().and_then(|s| s.resources.get(address)).ok_or_else(|| {
+                Diagnostic::error(format!("`{address}` is not in the state"))
+                    .hint("`strata state list` shows every address")
+            })?;
             let mut value = serde_json::to_value(record).unwrap_or_default();
             value["spec"] = state::redact(&record.spec, &record.sensitive);
             value["address"] = json!(address);
@@ -388,10 +320,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
         }
         Command::Catalog(command) => {
             let stack = Stack::load(&cli.stack)?;
-            let catalog = Catalog::load(
-                &stack.catalog,
-                stack.doc.value["spec"].get("catalog").is_some(),
-            )?;
+            let catalog = Catalog::load(&stack.catalog, stack.doc.value["spec"].get("catalog").is_some())?;
             match command {
                 CatalogCommand::List => print(&catalog_list(&catalog)),
                 CatalogCommand::Show { name } => print(&catalog_show(&catalog, name)?),
@@ -431,11 +360,7 @@ fn short(value: &serde_json::Value) -> String {
         serde_json::Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     };
-    if text.chars().count() > 100 {
-        format!("{}...", text.chars().take(97).collect::<String>())
-    } else {
-        text
-    }
+    if text.chars().count() > 100 { format!("{}...", text.chars().take(97).collect::<String>()) } else { text }
 }
 
 fn state_of(stack_path: &Path) -> Result<(Stack, Option<state::State>), Diagnostics> {
@@ -450,9 +375,7 @@ fn interruptible(limits: crate::walk::Limits) -> crate::walk::Limits {
     let flag = limits.interrupted.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "\ninterrupted: finishing what runs, starting nothing new (the state stays valid)"
-            );
+            eprintln!("\ninterrupted: finishing what runs, starting nothing new (the state stays valid)");
             flag.store(true, Ordering::SeqCst);
         }
     });
@@ -469,19 +392,10 @@ async fn converge(
 ) -> Result<ExitCode, Diagnostics> {
     let loaded = engine::load(&cli.stack, registry)?;
     let backend = engine::backend(&loaded.stack);
-    let verb = if operation == Operation::Destroy {
-        "destroy"
-    } else {
-        "apply"
-    };
+    let verb = if operation == Operation::Destroy { "destroy" } else { "apply" };
     let _lock = LockGuard::take(backend.clone(), verb)?;
     let state = engine::read_state(backend.as_ref())?;
-    let sites = engine::configure(
-        registry,
-        &loaded.stack.name,
-        &engine::connections(&loaded.stack),
-    )
-    .await?;
+    let sites = engine::configure(registry, &loaded.stack.name, &engine::connections(&loaded.stack)).await?;
     let limits = interruptible(engine::limits(walk.parallelism.into(), &sites));
     let plan = engine::plan(&loaded, state.as_ref(), &sites, operation, &limits).await?;
     print(&output::plan_human(&plan, style));
@@ -513,11 +427,7 @@ async fn execute(
 }
 
 fn progress_for(plan: &Plan) -> Arc<dyn Progress> {
-    let changes = plan
-        .changes
-        .iter()
-        .filter(|c| c.action != crate::plan::Action::NoOp)
-        .count();
+    let changes = plan.changes.iter().filter(|c| c.action != crate::plan::Action::NoOp).count();
     if std::io::stderr().is_terminal() {
         Arc::new(BarHandle(BarProgress::new(changes)))
     } else {
@@ -545,11 +455,7 @@ impl Drop for BarHandle {
 
 fn finish(report: crate::apply::Report, style: &Style) -> Result<ExitCode, Diagnostics> {
     print(&output::report_human(&report, style));
-    Ok(if report.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn confirm(verb: &str) -> Result<bool, Diagnostic> {
@@ -557,9 +463,7 @@ fn confirm(verb: &str) -> Result<bool, Diagnostic> {
         return Err(Diagnostic::error(format!("`strata {verb}` needs a confirmation, and stdin is not a terminal"))
             .hint("review the plan above and pass `--auto-approve`, or save it with `strata plan --out FILE` and run `strata apply FILE`"));
     }
-    print(&format!(
-        "\nDo you want to {verb} these changes? Only `yes` is accepted.\n  Enter a value: "
-    ));
+    print(&format!("\nDo you want to {verb} these changes? Only `yes` is accepted.\n  Enter a value: "));
     let mut answer = String::new();
     std::io::stdin()
         .lock()
@@ -569,12 +473,10 @@ fn confirm(verb: &str) -> Result<bool, Diagnostic> {
 }
 
 fn save_plan(plan: &Plan, path: &Path) -> Result<(), Diagnostic> {
-    let bytes = serde_json::to_vec(plan)
-        .map_err(|e| Diagnostic::error("cannot serialize the plan").detail(e.to_string()))?;
-    state::write_atomic(path, &bytes).map_err(|e| {
-        Diagnostic::error(format!("cannot write the plan to `{}`", path.display()))
-            .detail(e.to_string())
-    })
+    let bytes =
+        serde_json::to_vec(plan).map_err(|e| Diagnostic::error("cannot serialize the plan").detail(e.to_string()))?;
+    state::write_atomic(path, &bytes)
+        .map_err(|e| Diagnostic::error(format!("cannot write the plan to `{}`", path.display())).detail(e.to_string()))
 }
 
 fn load_plan(path: &Path) -> Result<Plan, Diagnostic> {
@@ -592,49 +494,17 @@ fn load_plan(path: &Path) -> Result<Plan, Diagnostic> {
             "`{}` is not a saved strata plan of format `{PLAN_FORMAT}`",
             path.display()
         ))
-        .hint(
-            "plans are saved with `strata plan --out FILE` and applied by the same strata version",
-        ));
+        .hint("plans are saved with `strata plan --out FILE` and applied by the same strata version"));
     }
-    serde_json::from_value(value).map_err(|e| {
-        Diagnostic::error(format!("the saved plan `{}` is damaged", path.display()))
-            .detail(e.to_string())
-    })
-}
-
-fn render_yaml(rendered: &crate::render::Rendered) -> String {
-    let mut out = String::new();
-    for (address, r) in &rendered.resources {
-        out.push_str(&format!("---\n# {address} (from {})\n", r.blueprint));
-        let mut doc = serde_json::Map::new();
-        doc.insert("type".into(), json!(r.resource_type));
-        doc.insert("name".into(), json!(r.name));
-        doc.insert(
-            "spec".into(),
-            output::display_value(&r.spec, "", &r.sensitive),
-        );
-        if !r.depends_on.is_empty() {
-            doc.insert("dependsOn".into(), json!(r.depends_on));
-        }
-        if r.lifecycle != Default::default() {
-            doc.insert(
-                "lifecycle".into(),
-                serde_json::to_value(&r.lifecycle).unwrap_or_default(),
-            );
-        }
-        out.push_str(&serde_yaml::to_string(&doc).unwrap_or_default());
-    }
-    out
+    serde_json::from_value(value)
+        .map_err(|e| Diagnostic::error(format!("the saved plan `{}` is damaged", path.display())).detail(e.to_string()))
 }
 
 fn catalog_list(catalog: &Catalog) -> String {
     if catalog.blueprints.is_empty() {
         return "The catalog is empty.\n".into();
     }
-    let mut out = format!(
-        "{:<24} {:<10} {:<9} {}\n",
-        "NAME", "VERSION", "CATEGORY", "DESCRIPTION"
-    );
+    let mut out = format!("{:<24} {:<10} {:<9} {}\n", "NAME", "VERSION", "CATEGORY", "DESCRIPTION");
     for b in &catalog.blueprints {
         out.push_str(&format!(
             "{:<24} {:<10} {:<9} {}\n",
@@ -652,25 +522,15 @@ fn catalog_show(catalog: &Catalog, reference: &str) -> Result<String, Diagnostic
     let b = catalog
         .resolve(reference)
         .map_err(|e| Diagnostic::error(e).hint("`strata catalog list` shows every blueprint"))?;
-    let versions: Vec<String> = catalog
-        .versions(&parsed.name)
-        .iter()
-        .map(|v| v.version.to_string())
-        .collect();
+    let versions: Vec<String> = catalog.versions(&parsed.name).iter().map(|v| v.version.to_string()).collect();
     let mut out = format!("{} {}\n", b.name, b.version);
     out.push_str(&format!("  description: {}\n", b.description));
-    out.push_str(&format!(
-        "  category:    {}\n",
-        b.category.as_deref().unwrap_or("-")
-    ));
+    out.push_str(&format!("  category:    {}\n", b.category.as_deref().unwrap_or("-")));
     out.push_str(&format!("  folder:      {}\n", b.dir.display()));
     out.push_str(&format!("  versions:    {}\n", versions.join(", ")));
     if !b.upgrade_from.is_empty() {
         let ranges: Vec<String> = b.upgrade_from.iter().map(|r| r.to_string()).collect();
-        out.push_str(&format!(
-            "  upgrades in place from: {}\n",
-            ranges.join("; ")
-        ));
+        out.push_str(&format!("  upgrades in place from: {}\n", ranges.join("; ")));
     }
     out.push_str("\ninputs:\n");
     let required: Vec<&str> = b
@@ -681,10 +541,7 @@ fn catalog_show(catalog: &Catalog, reference: &str) -> Result<String, Diagnostic
         .unwrap_or_default();
     if let Some(props) = b.inputs.get("properties").and_then(|p| p.as_object()) {
         for (name, schema) in props {
-            let kind = schema
-                .get("type")
-                .map(|t| t.to_string().replace('"', ""))
-                .unwrap_or_else(|| "any".into());
+            let kind = schema.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| "any".into());
             let mut notes = Vec::new();
             if required.contains(&name.as_str()) {
                 notes.push("required".to_string());
@@ -695,14 +552,8 @@ fn catalog_show(catalog: &Catalog, reference: &str) -> Result<String, Diagnostic
             if schema.get("writeOnly").and_then(|w| w.as_bool()) == Some(true) {
                 notes.push("sensitive".into());
             }
-            let description = schema
-                .get("description")
-                .and_then(|d| d.as_str())
-                .unwrap_or("");
-            out.push_str(&format!(
-                "  {name:<20} {kind:<8} {:<30} {description}\n",
-                notes.join(", ")
-            ));
+            let description = schema.get("description").and_then(|d| d.as_str()).unwrap_or("");
+            out.push_str(&format!("  {name:<20} {kind:<8} {:<30} {description}\n", notes.join(", ")));
         }
     }
     if !b.outputs.is_empty() {

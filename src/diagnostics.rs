@@ -28,13 +28,7 @@ pub struct Location {
 impl Location {
     /// Only the file.
     pub fn file(file: impl Into<String>) -> Self {
-        Location {
-            file: file.into(),
-            line: 0,
-            column: 0,
-            length: 0,
-            source_line: None,
-        }
+        Location { file: file.into(), line: 0, column: 0, length: 0, source_line: None }
     }
 }
 
@@ -74,10 +68,7 @@ impl Diagnostic {
 
     /// A warning.
     pub fn warning(summary: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(summary)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(summary) }
     }
 
     /// Sets the location.
@@ -119,11 +110,7 @@ impl Diagnostic {
     /// Writes it the way a compiler does, with colors when `color` is true.
     pub fn render(&self, color: bool) -> String {
         let paint = |code: &str, text: &str| {
-            if color {
-                format!("\x1b[{code}m{text}\x1b[0m")
-            } else {
-                text.to_string()
-            }
+            if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
         };
         let (label, code) = match self.severity {
             Severity::Error => ("error", "1;31"),
@@ -200,11 +187,7 @@ impl Diagnostics {
     /// `Err(self)` when there are errors, else `Ok(value)` (warnings are dropped; callers
     /// that show warnings take them first).
     pub fn into_result<T>(self, value: T) -> Result<T, Diagnostics> {
-        if self.has_errors() {
-            Err(self)
-        } else {
-            Ok(value)
-        }
+        if self.has_errors() { Err(self) } else { Ok(value) }
     }
 
     /// Renders them all, then a count.
@@ -214,11 +197,7 @@ impl Diagnostics {
             out.push_str(&d.render(color));
             out.push('\n');
         }
-        let errors = self
-            .0
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count();
+        let errors = self.0.iter().filter(|d| d.severity == Severity::Error).count();
         if errors > 1 {
             out.push_str(&format!("{errors} errors\n"));
         }
@@ -264,10 +243,7 @@ mod tests {
 
     #[test]
     fn pointer_reads_as_a_path() {
-        assert_eq!(
-            pointer_to_field("/spec/components/0/values/hosts"),
-            "spec.components[0].values.hosts"
-        );
+        assert_eq!(pointer_to_field("/spec/components/0/values/hosts"), "spec.components[0].values.hosts");
         assert_eq!(pointer_to_field("/a~1b"), "a/b");
         assert_eq!(pointer_to_field(""), "");
     }
@@ -285,9 +261,6 @@ mod tests {
             .hint("remove it");
         let text = d.render(false);
         assert!(text.contains("--> stack.yaml:3:7"), "{text}");
-        assert!(
-            text.contains("3 |       hostz: [a]\n  |       ^^^^^"),
-            "{text}"
-        );
+        assert!(text.contains("3 |       hostz: [a]\n  |       ^^^^^"), "{text}");
     }
 }

@@ -37,13 +37,13 @@ impl Document {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Document, Diagnostics> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostic::error(format!("cannot read `{}`", path.display()))
-                .detail(e.to_string())
-                .hint(if e.kind() == std::io::ErrorKind::NotFound {
+            Diagnostic::error(format!("cannot read `{}`", path.display())).detail(e.to_string()).hint(
+                if e.kind() == std::io::ErrorKind::NotFound {
                     "check the path, or pass another file with `--stack FILE`"
                 } else {
                     "check that the file is readable"
-                })
+                },
+            )
         })?;
         Document::parse(path, text)
     }
@@ -54,22 +54,12 @@ impl Document {
             Ok(v) => v,
             Err(e) => return Err(yaml_error(path, &text, &e).into()),
         };
-        Ok(Document {
-            path: path.to_path_buf(),
-            text,
-            value,
-            line_offset: 0,
-            spans: Default::default(),
-        })
+        Ok(Document { path: path.to_path_buf(), text, value, line_offset: 0, spans: Default::default() })
     }
 
     /// Parses one document cut out of a longer text, whose first line is line
     /// `line_offset + 1` of `path`.
-    pub fn parse_part(
-        path: &Path,
-        text: String,
-        line_offset: usize,
-    ) -> Result<Document, Diagnostics> {
+    pub fn parse_part(path: &Path, text: String, line_offset: usize) -> Result<Document, Diagnostics> {
         match Document::parse(path, text.clone()) {
             Ok(mut doc) => {
                 doc.line_offset = line_offset;
@@ -110,18 +100,10 @@ impl Document {
     fn location_of(&self, (line, column, length): (usize, usize, usize)) -> Location {
         Location {
             file: self.name(),
-            line: if line == 0 {
-                0
-            } else {
-                line + self.line_offset
-            },
+            line: if line == 0 { 0 } else { line + self.line_offset },
             column,
             length,
-            source_line: self
-                .text
-                .lines()
-                .nth(line.saturating_sub(1))
-                .map(String::from),
+            source_line: self.text.lines().nth(line.saturating_sub(1)).map(String::from),
         }
     }
 
@@ -155,26 +137,18 @@ fn escape(segment: &str) -> String {
 
 fn length_on_line(text: &str, span: &marked_yaml::Span) -> usize {
     match (span.start(), span.end()) {
-        (Some(s), Some(e)) if s.line() == e.line() && e.column() > s.column() => {
-            e.column() - s.column()
-        }
+        (Some(s), Some(e)) if s.line() == e.line() && e.column() > s.column() => e.column() - s.column(),
         (Some(s), _) => text
             .lines()
             .nth(s.line().saturating_sub(1))
-            .map(|l| {
-                l.chars()
-                    .count()
-                    .saturating_sub(s.column().saturating_sub(1))
-                    .max(1)
-            })
+            .map(|l| l.chars().count().saturating_sub(s.column().saturating_sub(1)).max(1))
             .unwrap_or(1),
         _ => 1,
     }
 }
 
 fn start(text: &str, span: &marked_yaml::Span) -> Option<(usize, usize, usize)> {
-    span.start()
-        .map(|m| (m.line(), m.column(), length_on_line(text, span)))
+    span.start().map(|m| (m.line(), m.column(), length_on_line(text, span)))
 }
 
 fn index(
@@ -189,15 +163,8 @@ fn index(
     match node {
         marked_yaml::Node::Mapping(map) => {
             for (k, v) in map.iter() {
-                let key_span = start(text, k.span())
-                    .map(|(l, c, _)| (l, c, k.as_str().chars().count().max(1)));
-                index(
-                    v,
-                    format!("{pointer}/{}", escape(k.as_str())),
-                    key_span,
-                    text,
-                    spans,
-                );
+                let key_span = start(text, k.span()).map(|(l, c, _)| (l, c, k.as_str().chars().count().max(1)));
+                index(v, format!("{pointer}/{}", escape(k.as_str())), key_span, text, spans);
             }
         }
         marked_yaml::Node::Sequence(items) => {
@@ -213,11 +180,7 @@ fn index(
 pub fn yaml_error(path: &Path, text: &str, e: &serde_yaml::Error) -> Diagnostic {
     let message = e.to_string();
     // serde_yaml appends " at line L column C"; the location says that already.
-    let summary = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_string();
+    let summary = message.split(" at line ").next().unwrap_or(&message).to_string();
     let mut d = Diagnostic::error(format!("invalid YAML: {summary}"))
         .hint("check the indentation and quoting around this place; a value with `: ` or starting with `{`, `[`, `*` or `&` needs quotes");
     match e.location() {
@@ -227,10 +190,7 @@ pub fn yaml_error(path: &Path, text: &str, e: &serde_yaml::Error) -> Diagnostic 
                 line: loc.line(),
                 column: loc.column(),
                 length: 1,
-                source_line: text
-                    .lines()
-                    .nth(loc.line().saturating_sub(1))
-                    .map(String::from),
+                source_line: text.lines().nth(loc.line().saturating_sub(1)).map(String::from),
             })
         }
         None => d = d.at(Location::file(path.display().to_string())),

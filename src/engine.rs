@@ -48,12 +48,7 @@ pub fn load(stack_path: &Path, registry: &Registry) -> Result<Loaded, Diagnostic
     }
     let rendered = render::render_stack(&stack, &catalog, registry)?;
     let graph = Graph::build(&stack, &rendered, registry)?;
-    Ok(Loaded {
-        stack,
-        catalog,
-        rendered,
-        graph,
-    })
+    Ok(Loaded { stack, catalog, rendered, graph })
 }
 
 /// How to reach every site of a stack.
@@ -85,8 +80,11 @@ pub fn state_error(e: state::Error) -> Diagnostic {
     let detail = std::error::Error::source(&e).map(|s| s.to_string());
     let d = match &e {
         state::Error::Locked { holder } => {
-            let mut d = Diagnostic::error(format!("the state is locked by {}@{} (pid {}), running `{}` since {}", holder.who, holder.host, holder.pid, holder.operation, holder.since))
-                .detail(format!("lock id: {}\nstate: {}", holder.id, holder.path));
+            let mut d = Diagnostic::error(format!(
+                "the state is locked by {}@{} (pid {}), running `{}` since {}",
+                holder.who, holder.host, holder.pid, holder.operation, holder.since
+            ))
+            .detail(format!("lock id: {}\nstate: {}", holder.id, holder.path));
             d = if holder.holder_is_gone() {
                 d.hint(format!("that process is no longer running on this machine; if no one else is using this state, run `strata force-unlock {}`", holder.id))
             } else {
@@ -183,15 +181,13 @@ pub fn check_plan_is_current(plan: &Plan, state: Option<&State>) -> Result<(), D
     let lineage = state.map(|s| s.lineage.clone());
     let serial = state.map(|s| s.serial).unwrap_or(0);
     if plan.state.lineage != lineage {
-        return Err(Diagnostic::error(
-            "the saved plan was made for another state (its lineage differs)",
-        )
-        .detail(format!(
-            "plan: {}\nstate: {}",
-            plan.state.lineage.as_deref().unwrap_or("(no state yet)"),
-            lineage.as_deref().unwrap_or("(no state yet)")
-        ))
-        .hint("run `strata plan --out FILE` again against this state"));
+        return Err(Diagnostic::error("the saved plan was made for another state (its lineage differs)")
+            .detail(format!(
+                "plan: {}\nstate: {}",
+                plan.state.lineage.as_deref().unwrap_or("(no state yet)"),
+                lineage.as_deref().unwrap_or("(no state yet)")
+            ))
+            .hint("run `strata plan --out FILE` again against this state"));
     }
     if plan.state.serial != serial {
         return Err(Diagnostic::error(format!(

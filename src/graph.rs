@@ -33,11 +33,7 @@ pub struct Graph {
 impl Graph {
     /// Builds the graph of the rendered resources and checks it: every reference names a
     /// resource and an output it has, and there is no cycle.
-    pub fn build(
-        stack: &Stack,
-        rendered: &Rendered,
-        registry: &Registry,
-    ) -> Result<Graph, Diagnostics> {
+    pub fn build(stack: &Stack, rendered: &Rendered, registry: &Registry) -> Result<Graph, Diagnostics> {
         let mut diags = Diagnostics::new();
         let mut graph = DiGraph::with_capacity(rendered.resources.len(), rendered.resources.len());
         let mut index = HashMap::with_capacity(rendered.resources.len());
@@ -53,12 +49,10 @@ impl Graph {
                         edges.insert((from, to, EdgeKind::Explicit));
                     }
                     None => diags.push(
-                        Diagnostic::error(format!(
-                            "`{address}` depends on `{dep}`, which the stack does not render"
-                        ))
-                        .at(resource.origin.clone())
-                        .field("dependsOn")
-                        .hint("`strata render` lists every address"),
+                        Diagnostic::error(format!("`{address}` depends on `{dep}`, which the stack does not render"))
+                            .at(resource.origin.clone())
+                            .field("dependsOn")
+                            .hint("`strata render` lists every address"),
                     ),
                 }
             }
@@ -66,10 +60,7 @@ impl Graph {
                 Some(&from) => {
                     let target = &rendered.resources[r.address];
                     if let Some(info) = registry.type_info(&target.resource_type)
-                        && !info
-                            .outputs
-                            .iter()
-                            .any(|o| o == r.field.split('.').next().unwrap_or(r.field))
+                        && !info.outputs.iter().any(|o| o == r.field.split('.').next().unwrap_or(r.field))
                     {
                         diags.push(
                             Diagnostic::error(format!(
@@ -100,20 +91,9 @@ impl Graph {
         // of the components it depends on (on the same site when they are there too).
         let mut by_component: HashMap<(&str, &str), Vec<NodeIndex>> = HashMap::new();
         for instance in &rendered.instances {
-            let top = instance
-                .component
-                .split('.')
-                .next()
-                .unwrap_or(&instance.component);
-            let nodes = by_component
-                .entry((instance.site.as_str(), top))
-                .or_default();
-            nodes.extend(
-                instance
-                    .resources
-                    .iter()
-                    .filter_map(|a| index.get(a).copied()),
-            );
+            let top = instance.component.split('.').next().unwrap_or(&instance.component);
+            let nodes = by_component.entry((instance.site.as_str(), top)).or_default();
+            nodes.extend(instance.resources.iter().filter_map(|a| index.get(a).copied()));
         }
         for component in &stack.components {
             for dep in &component.depends_on {
@@ -141,16 +121,13 @@ impl Graph {
             graph.add_edge(from, to, kind);
         }
         let built = Graph { graph, index };
-        diags.extend(built.cycles());
+        diags.extend(built.cycles(rendered));
         diags.into_result(built)
     }
 
     /// An empty graph.
     pub fn empty() -> Graph {
-        Graph {
-            graph: DiGraph::new(),
-            index: HashMap::new(),
-        }
+        Graph { graph: DiGraph::new(), index: HashMap::new() }
     }
 
     /// Builds a graph from explicit edges (`(from, to)`: `from` first).
@@ -171,7 +148,7 @@ impl Graph {
         g
     }
 
-    fn cycles(&self) -> Vec<Diagnostic> {
+    fn cycles(&self, rendered: &Rendered) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for scc in tarjan_scc(&self.graph) {
             let is_cycle = scc.len() > 1 || self.graph.contains_edge(scc[0], scc[0]);
@@ -180,21 +157,21 @@ impl Graph {
             }
             let mut names: Vec<&str> = scc.iter().map(|&n| self.graph[n].as_str()).collect();
             names.sort();
+            let origin = |n: &str| rendered.resources.get(n).map(|r| r.origin.clone());
+            let detail: Vec<String> = names
+                .iter()
+                .map(|n| match origin(n) {
+                    Some(o) => format!("{n} ({}:{})", o.file, o.line),
+                    None => n.to_string(),
+                })
+                .collect();
+            let mut d = Diagnostic::error(format!("dependency cycle between {} resources", names.len()));
+            if let Some(o) = origin(names[0]) {
+                d = d.at(o);
+            }
             out.push(
-                Diagnostic::error(format!(
-                    "dependency cycle between {} resources",
-                    names.len()
-                ))
-                .detail(
-                    names
-                        .iter()
-                        .map(|n| format!("{n}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                )
-                .hint(
-                    "remove one `dependsOn` or `ref()` between them so that one can be made first",
-                ),
+                d.detail(detail.join("\n"))
+                    .hint("remove one `dependsOn` or `ref()` between them so that one can be made first"),
             );
         }
         out
@@ -205,11 +182,8 @@ impl Graph {
         let Some(&i) = self.index.get(address) else {
             return vec![];
         };
-        let mut deps: Vec<&str> = self
-            .graph
-            .neighbors_directed(i, petgraph::Direction::Incoming)
-            .map(|n| self.graph[n].as_str())
-            .collect();
+        let mut deps: Vec<&str> =
+            self.graph.neighbors_directed(i, petgraph::Direction::Incoming).map(|n| self.graph[n].as_str()).collect();
         deps.sort_unstable();
         deps.dedup();
         deps
@@ -224,19 +198,11 @@ impl Graph {
     pub fn to_dot(&self) -> String {
         let mut sites: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for address in self.addresses() {
-            sites
-                .entry(address.split('/').next().unwrap_or(""))
-                .or_default()
-                .push(address);
+            sites.entry(address.split('/').next().unwrap_or("")).or_default().push(address);
         }
-        let mut out = String::from(
-            "digraph strata {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
-        );
+        let mut out = String::from("digraph strata {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
         for (i, (site, addresses)) in sites.iter().enumerate() {
-            out.push_str(&format!(
-                "  subgraph cluster_{i} {{\n    label={:?};\n",
-                site
-            ));
+            out.push_str(&format!("  subgraph cluster_{i} {{\n    label={:?};\n", site));
             let mut addresses = addresses.clone();
             addresses.sort_unstable();
             for a in addresses {
@@ -248,13 +214,9 @@ impl Graph {
             .graph
             .edge_indices()
             .filter_map(|e| {
-                self.graph.edge_endpoints(e).map(|(a, b)| {
-                    (
-                        self.graph[a].as_str(),
-                        self.graph[b].as_str(),
-                        self.graph[e],
-                    )
-                })
+                self.graph
+                    .edge_endpoints(e)
+                    .map(|(a, b)| (self.graph[a].as_str(), self.graph[b].as_str(), self.graph[e]))
             })
             .collect();
         edges.sort();

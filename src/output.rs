@@ -29,17 +29,11 @@ pub struct Style {
 impl Style {
     /// Colors when `stream_is_terminal` and `NO_COLOR` is not set.
     pub fn detect(stream_is_terminal: bool) -> Style {
-        Style {
-            color: stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        }
+        Style { color: stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
     }
 
     fn action(&self, action: Action, text: &str) -> String {
@@ -55,9 +49,7 @@ impl Style {
 }
 
 fn is_sensitive(pointer: &str, sensitive: &[String]) -> bool {
-    sensitive
-        .iter()
-        .any(|s| pointer == s || pointer.starts_with(&format!("{s}/")))
+    sensitive.iter().any(|s| pointer == s || pointer.starts_with(&format!("{s}/")))
 }
 
 /// A value as shown: sensitive and unknown parts replaced.
@@ -68,22 +60,14 @@ pub fn display_value(value: &Value, pointer: &str, sensitive: &[String]) -> Valu
     match value {
         Value::String(s) if unknown::is_unknown_str(s) => Value::String(UNKNOWN.into()),
         Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| display_value(v, &format!("{pointer}/{i}"), sensitive))
-                .collect(),
+            items.iter().enumerate().map(|(i, v)| display_value(v, &format!("{pointer}/{i}"), sensitive)).collect(),
         ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        display_value(
-                            v,
-                            &format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")),
-                            sensitive,
-                        ),
+                        display_value(v, &format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")), sensitive),
                     )
                 })
                 .collect(),
@@ -104,20 +88,10 @@ fn flatten(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                flatten(
-                    v,
-                    &if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    },
-                    out,
-                );
+                flatten(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out);
             }
         }
-        Value::Array(items)
-            if !items.is_empty() && items.iter().any(|v| v.is_object() || v.is_array()) =>
-        {
+        Value::Array(items) if !items.is_empty() && items.iter().any(|v| v.is_object() || v.is_array()) => {
             for (i, v) in items.iter().enumerate() {
                 flatten(v, &format!("{path}[{i}]"), out);
             }
@@ -128,14 +102,8 @@ fn flatten(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
 
 /// The per-field lines of one change.
 fn field_lines(change: &Change, style: &Style) -> Vec<String> {
-    let before = change
-        .before
-        .as_ref()
-        .map(|v| display_value(v, "", &change.sensitive));
-    let after = change
-        .after
-        .as_ref()
-        .map(|v| display_value(v, "", &change.sensitive));
+    let before = change.before.as_ref().map(|v| display_value(v, "", &change.sensitive));
+    let after = change.after.as_ref().map(|v| display_value(v, "", &change.sensitive));
     let mut b = Vec::new();
     let mut a = Vec::new();
     if let Some(v) = &before {
@@ -144,36 +112,21 @@ fn field_lines(change: &Change, style: &Style) -> Vec<String> {
     if let Some(v) = &after {
         flatten(v, "", &mut a);
     }
-    let before_map: std::collections::BTreeMap<&str, &Value> =
-        b.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let after_map: std::collections::BTreeMap<&str, &Value> =
-        a.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let before_map: std::collections::BTreeMap<&str, &Value> = b.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let after_map: std::collections::BTreeMap<&str, &Value> = a.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let keys: BTreeSet<&str> = before_map.keys().chain(after_map.keys()).copied().collect();
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
     let mut lines = Vec::new();
     for key in keys {
         let line = match (change.action, before_map.get(key), after_map.get(key)) {
-            (Action::Create, _, Some(v)) => style.action(
-                Action::Create,
-                &format!("+ {key:width$} = {}", leaf_text(v)),
-            ),
-            (Action::Delete, Some(v), _) => style.action(
-                Action::Delete,
-                &format!("- {key:width$} = {}", leaf_text(v)),
-            ),
+            (Action::Create, _, Some(v)) => style.action(Action::Create, &format!("+ {key:width$} = {}", leaf_text(v))),
+            (Action::Delete, Some(v), _) => style.action(Action::Delete, &format!("- {key:width$} = {}", leaf_text(v))),
             (_, Some(old), Some(new)) if old == new => continue,
-            (_, Some(old), Some(new)) => style.action(
-                Action::Update,
-                &format!("~ {key:width$} = {} -> {}", leaf_text(old), leaf_text(new)),
-            ),
-            (_, None, Some(new)) => style.action(
-                Action::Create,
-                &format!("+ {key:width$} = {}", leaf_text(new)),
-            ),
-            (_, Some(old), None) => style.action(
-                Action::Delete,
-                &format!("- {key:width$} = {}", leaf_text(old)),
-            ),
+            (_, Some(old), Some(new)) => {
+                style.action(Action::Update, &format!("~ {key:width$} = {} -> {}", leaf_text(old), leaf_text(new)))
+            }
+            (_, None, Some(new)) => style.action(Action::Create, &format!("+ {key:width$} = {}", leaf_text(new))),
+            (_, Some(old), None) => style.action(Action::Delete, &format!("- {key:width$} = {}", leaf_text(old))),
             _ => continue,
         };
         lines.push(line);
@@ -192,10 +145,7 @@ fn verb(action: Action) -> &'static str {
 }
 
 fn counts_line(c: &Counts) -> String {
-    format!(
-        "{} to create, {} to update, {} to replace, {} to destroy",
-        c.create, c.update, c.replace, c.delete
-    )
+    format!("{} to create, {} to update, {} to replace, {} to destroy", c.create, c.update, c.replace, c.delete)
 }
 
 /// The plan as a person reads it.
@@ -206,39 +156,23 @@ pub fn plan_human(plan: &Plan, style: &Style) -> String {
     }
     let (total, sites) = plan.counts();
     if !total.any() {
-        out.push_str(&format!(
-            "No changes. The sites match the stack ({} resources up to date).\n",
-            total.unchanged
-        ));
+        out.push_str(&format!("No changes. The sites match the stack ({} resources up to date).\n", total.unchanged));
         return out;
     }
     out.push_str("strata will perform these actions:\n\n");
     for change in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
-        out.push_str(&format!(
-            "  # {} {}\n",
-            style.paint("1", &change.address),
-            verb(change.action)
-        ));
+        out.push_str(&format!("  # {} {}\n", style.paint("1", &change.address), verb(change.action)));
         for reason in &change.reasons {
             out.push_str(&format!("  # ({reason})\n"));
         }
-        let header = format!(
-            "{:>3} {} {:?}",
-            change.action.symbol(),
-            change.resource_type,
-            change.name
-        );
+        let header = format!("{:>3} {} {:?}", change.action.symbol(), change.resource_type, change.name);
         out.push_str(&format!("  {}\n", style.action(change.action, &header)));
         for line in field_lines(change, style) {
             out.push_str(&format!("        {line}\n"));
         }
         out.push('\n');
     }
-    out.push_str(&format!(
-        "{} {}.\n",
-        style.paint("1", "Plan:"),
-        counts_line(&total)
-    ));
+    out.push_str(&format!("{} {}.\n", style.paint("1", "Plan:"), counts_line(&total)));
     for (site, c) in &sites {
         if c.any() {
             out.push_str(&format!("  {site}: {}\n", counts_line(c)));
@@ -258,11 +192,8 @@ pub fn plan_json(plan: &Plan) -> Value {
             if let Some(after) = &c.after {
                 let mut flat = Vec::new();
                 flatten(after, "", &mut flat);
-                unknown_fields = flat
-                    .into_iter()
-                    .filter(|(_, v)| unknown::contains_unknown(v))
-                    .map(|(k, _)| k)
-                    .collect::<Vec<_>>();
+                unknown_fields =
+                    flat.into_iter().filter(|(_, v)| unknown::contains_unknown(v)).map(|(k, _)| k).collect::<Vec<_>>();
             }
             json!({
                 "address": c.address,
@@ -327,11 +258,7 @@ pub fn report_human(report: &Report, style: &Style) -> String {
         report.elapsed.as_secs_f64()
     ));
     for r in &failed {
-        out.push_str(&format!(
-            "\n{} {}\n",
-            style.paint("1;31", "failed:"),
-            r.address
-        ));
+        out.push_str(&format!("\n{} {}\n", style.paint("1;31", "failed:"), r.address));
         for d in &r.diagnostics {
             for line in d.render(style.color).lines() {
                 out.push_str(&format!("  {line}\n"));
@@ -352,7 +279,9 @@ pub fn report_human(report: &Report, style: &Style) -> String {
         out.push_str(&d.render(style.color));
     }
     if !failed.is_empty() || !skipped.is_empty() {
-        out.push_str("\nThe state records everything that was done; fix the cause and run `strata apply` again to converge.\n");
+        out.push_str(
+            "\nThe state records everything that was done; fix the cause and run `strata apply` again to converge.\n",
+        );
     }
     out
 }
@@ -385,9 +314,7 @@ pub struct LineProgress {
 impl LineProgress {
     /// Lines on stderr.
     pub fn new() -> LineProgress {
-        LineProgress {
-            style: Style::detect(std::io::stderr().is_terminal()),
-        }
+        LineProgress { style: Style::detect(std::io::stderr().is_terminal()) }
     }
 }
 
@@ -404,12 +331,7 @@ impl Progress for LineProgress {
 
     fn finished(&self, r: &ResourceReport) {
         match &r.outcome {
-            Outcome::Done => eprintln!(
-                "{}: {} ({:.1}s)",
-                r.address,
-                done_verb(r.action),
-                r.elapsed.as_secs_f64()
-            ),
+            Outcome::Done => eprintln!("{}: {} ({:.1}s)", r.address, done_verb(r.action), r.elapsed.as_secs_f64()),
             Outcome::Failed => eprintln!("{}: {}", r.address, self.style.paint("31", "failed")),
             Outcome::Skipped { because } => {
                 eprintln!("{}: skipped (because {because} did not succeed)", r.address)
@@ -429,26 +351,17 @@ impl BarProgress {
     pub fn new(total: usize) -> BarProgress {
         let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        BarProgress {
-            bar,
-            running: Mutex::new(BTreeSet::new()),
-        }
+        BarProgress { bar, running: Mutex::new(BTreeSet::new()) }
     }
 
     fn message(&self) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let first = running.iter().next().cloned().unwrap_or_default();
-        let more = if running.len() > 1 {
-            format!(" (+{} more)", running.len() - 1)
-        } else {
-            String::new()
-        };
+        let more = if running.len() > 1 { format!(" (+{} more)", running.len() - 1) } else { String::new() };
         self.bar.set_message(format!("{first}{more}"));
     }
 
@@ -460,25 +373,14 @@ impl BarProgress {
 
 impl Progress for BarProgress {
     fn started(&self, address: &str, _action: Action) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(address.to_string());
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(address.to_string());
         self.message();
     }
 
     fn finished(&self, r: &ResourceReport) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&r.address);
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.address);
         let line = match &r.outcome {
-            Outcome::Done => format!(
-                "{}: {} ({:.1}s)",
-                r.address,
-                done_verb(r.action),
-                r.elapsed.as_secs_f64()
-            ),
+            Outcome::Done => format!("{}: {} ({:.1}s)", r.address, done_verb(r.action), r.elapsed.as_secs_f64()),
             Outcome::Failed => format!("{}: failed", r.address),
             Outcome::Skipped { because } => {
                 format!("{}: skipped (because {because} did not succeed)", r.address)
@@ -496,4 +398,24 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn started(&self, _: &str, _: Action) {}
     fn finished(&self, _: &ResourceReport) {}
+}
+
+/// The rendered resources as a YAML stream, each headed by its address.
+pub fn render_yaml(rendered: &crate::render::Rendered) -> String {
+    let mut out = String::new();
+    for (address, r) in &rendered.resources {
+        out.push_str(&format!("---\n# {address} (from {})\n", r.blueprint));
+        let mut doc = serde_json::Map::new();
+        doc.insert("type".into(), json!(r.resource_type));
+        doc.insert("name".into(), json!(r.name));
+        doc.insert("spec".into(), display_value(&r.spec, "", &r.sensitive));
+        if !r.depends_on.is_empty() {
+            doc.insert("dependsOn".into(), json!(r.depends_on));
+        }
+        if r.lifecycle != Default::default() {
+            doc.insert("lifecycle".into(), serde_json::to_value(&r.lifecycle).unwrap_or_default());
+        }
+        out.push_str(&serde_yaml::to_string(&doc).unwrap_or_default());
+    }
+    out
 }

@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strata_provider_sdk::{
-    PlanRequest, PlannedAction, ReadRequest, ResourceAddress, ResourceState, unknown,
-};
+use strata_provider_sdk::{PlanRequest, PlannedAction, ReadRequest, ResourceAddress, ResourceState, unknown};
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::graph::Graph;
@@ -245,26 +243,12 @@ impl Item {
 /// Builds the walk's nodes: desired resources depend on their dependencies; a deletion
 /// waits for everything that depended on the deleted resource when it was applied.
 fn nodes_of(items: &[Item], prior_dependencies: &dyn Fn(&str) -> Vec<String>) -> Vec<Node> {
-    let index: HashMap<&str, usize> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| (it.address.as_str(), i))
-        .collect();
-    let mut nodes: Vec<Node> = items
-        .iter()
-        .map(|it| Node {
-            name: it.address.clone(),
-            site: it.site.clone(),
-            dependencies: vec![],
-        })
-        .collect();
+    let index: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.address.as_str(), i)).collect();
+    let mut nodes: Vec<Node> =
+        items.iter().map(|it| Node { name: it.address.clone(), site: it.site.clone(), dependencies: vec![] }).collect();
     for (i, it) in items.iter().enumerate() {
         if it.desired.is_some() {
-            nodes[i].dependencies.extend(
-                it.depends_on
-                    .iter()
-                    .filter_map(|d| index.get(d.as_str()).copied()),
-            );
+            nodes[i].dependencies.extend(it.depends_on.iter().filter_map(|d| index.get(d.as_str()).copied()));
         }
         // Whatever depended on `it` in the state must be done (updated or deleted) before a
         // deletion of `it`... so a deletion of `d` waits for `i` when `i` depended on `d`.
@@ -300,12 +284,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                 name: r.name.clone(),
                 blueprint: r.blueprint.clone(),
                 desired: Some(r.spec.clone()),
-                depends_on: input
-                    .graph
-                    .dependencies(address)
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
+                depends_on: input.graph.dependencies(address).into_iter().map(String::from).collect(),
                 lifecycle: r.lifecycle.clone(),
                 sensitive: r.sensitive.clone(),
                 prior: state.resources.get(address).map(|rec| rec.provider_state()),
@@ -336,13 +315,8 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
             intent.action, intent.since
         ));
     }
-    let nodes = nodes_of(&items, &|address| {
-        state
-            .resources
-            .get(address)
-            .map(|r| r.depends_on.clone())
-            .unwrap_or_default()
-    });
+    let nodes =
+        nodes_of(&items, &|address| state.resources.get(address).map(|r| r.depends_on.clone()).unwrap_or_default());
 
     let items = Arc::new(items);
     let known: Arc<Mutex<HashMap<String, Value>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -357,11 +331,13 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         async move {
             let result = match site {
                 Some(site) => plan_one(&items[i], &site, &known).await,
-                None => Err(vec![Diagnostic::error(format!(
-                    "`{}` is on site `{}`, which the stack no longer declares",
-                    items[i].address, items[i].site
-                ))
-                .hint("add the site back to destroy its resources, or remove them from the state with care")]),
+                None => Err(vec![
+                    Diagnostic::error(format!(
+                        "`{}` is on site `{}`, which the stack no longer declares",
+                        items[i].address, items[i].site
+                    ))
+                    .hint("add the site back to destroy its resources, or remove them from the state with care"),
+                ]),
             };
             let ok = result.is_ok();
             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
@@ -423,23 +399,15 @@ pub fn lookup_field<'a>(outputs: &'a Value, field: &str) -> Option<&'a Value> {
 /// Copies the live values of `ignoreChanges` fields into the desired spec.
 pub fn keep_ignored(desired: &mut Value, current: &Value, ignore: &[String]) {
     for field in ignore {
-        let pointer = format!(
-            "/{}",
-            field
-                .replace('~', "~0")
-                .replace('/', "~1")
-                .replace('.', "/")
-        );
+        let pointer = format!("/{}", field.replace('~', "~0").replace('/', "~1").replace('.', "/"));
         let live = current.pointer(&pointer).cloned();
         let Some(parent_pointer) = pointer.rsplit_once('/').map(|(p, _)| p.to_string()) else {
             continue;
         };
         let key = pointer.rsplit('/').next().unwrap_or_default().to_string();
-        if let Some(Value::Object(parent)) = if parent_pointer.is_empty() {
-            Some(&mut *desired)
-        } else {
-            desired.pointer_mut(&parent_pointer)
-        } {
+        if let Some(Value::Object(parent)) =
+            if parent_pointer.is_empty() { Some(&mut *desired) } else { desired.pointer_mut(&parent_pointer) }
+        {
             match live {
                 Some(v) => {
                     parent.insert(key, v);
@@ -461,7 +429,8 @@ async fn plan_one(
     let address = &item.address;
     let provider_errors = |diagnostics: Vec<strata_provider_sdk::Diagnostic>| -> Result<Vec<String>, Vec<Diagnostic>> {
         let failed = strata_provider_sdk::has_errors(&diagnostics);
-        let converted: Vec<Diagnostic> = diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
+        let converted: Vec<Diagnostic> =
+            diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
         if failed { Err(converted) } else { Ok(converted.into_iter().map(|d| d.summary).collect()) }
     };
     let mut desired = item.desired.clone();
@@ -472,10 +441,7 @@ async fn plan_one(
     let read = provider
         .read(ReadRequest {
             resource: item.resource(),
-            spec: desired
-                .clone()
-                .or_else(|| item.prior.as_ref().map(|p| p.spec.clone()))
-                .unwrap_or(Value::Null),
+            spec: desired.clone().or_else(|| item.prior.as_ref().map(|p| p.spec.clone())).unwrap_or(Value::Null),
             prior: item.prior.clone(),
         })
         .await;
@@ -512,11 +478,7 @@ async fn plan_one(
         keep_ignored(&mut desired, &current.spec, &item.lifecycle.ignore_changes);
     }
     let planned = provider
-        .plan(PlanRequest {
-            resource: item.resource(),
-            desired: desired.clone(),
-            current: current.clone(),
-        })
+        .plan(PlanRequest { resource: item.resource(), desired: desired.clone(), current: current.clone() })
         .await;
     provider_errors(planned.diagnostics)?;
     let (action, reasons) = match planned.action {
@@ -526,22 +488,14 @@ async fn plan_one(
         PlannedAction::Replace { reasons } => (Action::Replace, reasons),
     };
     if action == Action::Replace && item.lifecycle.prevent_destroy {
-        return Err(vec![
-            prevent_destroy_error(address, "replace").detail(reasons.join("\n")),
-        ]);
+        return Err(vec![prevent_destroy_error(address, "replace").detail(reasons.join("\n"))]);
     }
     let planned_outputs = if action == Action::NoOp {
-        current
-            .as_ref()
-            .map(|c| c.outputs.clone())
-            .unwrap_or(planned.planned_outputs)
+        current.as_ref().map(|c| c.outputs.clone()).unwrap_or(planned.planned_outputs)
     } else {
         planned.planned_outputs
     };
-    known
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(address.clone(), planned_outputs.clone());
+    known.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), planned_outputs.clone());
     Ok(Change {
         address: address.clone(),
         resource_type: item.resource_type.clone(),
@@ -563,10 +517,8 @@ async fn plan_one(
 }
 
 fn prevent_destroy_error(address: &str, what: &str) -> Diagnostic {
-    Diagnostic::error(format!(
-        "`{address}` has `lifecycle.preventDestroy` set, and this plan would {what} it"
-    ))
-    .hint("if that is really meant, remove `preventDestroy` from its template first and apply that")
+    Diagnostic::error(format!("`{address}` has `lifecycle.preventDestroy` set, and this plan would {what} it"))
+        .hint("if that is really meant, remove `preventDestroy` from its template first and apply that")
 }
 
 #[cfg(test)]
@@ -577,11 +529,7 @@ mod tests {
     #[test]
     fn ignored_fields_keep_their_live_value() {
         let mut desired = json!({"a": 1, "tags": {"x": "new"}, "gone": 1});
-        keep_ignored(
-            &mut desired,
-            &json!({"a": 1, "tags": {"x": "old"}}),
-            &["tags.x".into(), "gone".into()],
-        );
+        keep_ignored(&mut desired, &json!({"a": 1, "tags": {"x": "old"}}), &["tags.x".into(), "gone".into()]);
         assert_eq!(desired, json!({"a": 1, "tags": {"x": "old"}}));
     }
 

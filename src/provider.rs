@@ -36,11 +36,7 @@ pub struct Registry {
 impl Registry {
     /// No providers.
     pub fn empty() -> Registry {
-        Registry {
-            factories: IndexMap::new(),
-            schemas: IndexMap::new(),
-            types: HashMap::new(),
-        }
+        Registry { factories: IndexMap::new(), schemas: IndexMap::new(), types: HashMap::new() }
     }
 
     /// The providers shipped with strata.
@@ -54,9 +50,8 @@ impl Registry {
         for t in &schema.resource_types {
             // A provider's own schema failing to compile is a bug in that provider; the
             // type then accepts anything rather than taking the engine down.
-            let spec = Schema::compile(t.spec.clone()).unwrap_or_else(|_| {
-                Schema::compile(Value::Bool(true)).expect("`true` is a schema")
-            });
+            let spec = Schema::compile(t.spec.clone())
+                .unwrap_or_else(|_| Schema::compile(Value::Bool(true)).expect("`true` is a schema"));
             self.types.insert(
                 t.name.clone(),
                 TypeInfo {
@@ -104,11 +99,7 @@ impl Registry {
                 ),
                 Some(schema) => {
                     if let Ok(config_schema) = Schema::compile(schema.config.clone()) {
-                        out.extend(config_schema.validate(
-                            &site.config,
-                            &stack.doc,
-                            &format!("{at}/config"),
-                        ));
+                        out.extend(config_schema.validate(&site.config, &stack.doc, &format!("{at}/config")));
                     }
                 }
             }
@@ -153,10 +144,7 @@ pub async fn configure_sites(
                     "site `{name}` uses provider `{}`, which this strata does not have",
                     site.provider
                 ))
-                .hint(format!(
-                    "available providers: {}",
-                    registry.names().join(", ")
-                )),
+                .hint(format!("available providers: {}", registry.names().join(", "))),
             );
             continue;
         };
@@ -172,19 +160,11 @@ pub async fn configure_sites(
         let failed = strata_provider_sdk::has_errors(&response.diagnostics);
         for d in response.diagnostics {
             let mut d = Diagnostic::from_provider(d, &format!("site {name}"));
-            d.field = d
-                .field
-                .map(|f| f.replacen("spec.", &format!("spec.sites.{name}.config."), 1));
+            d.field = d.field.map(|f| f.replacen("spec.", &format!("spec.sites.{name}.config."), 1));
             diags.push(d);
         }
         if !failed {
-            configured.insert(
-                name.clone(),
-                ConfiguredSite {
-                    provider,
-                    max_concurrency: response.max_concurrency,
-                },
-            );
+            configured.insert(name.clone(), ConfiguredSite { provider, max_concurrency: response.max_concurrency });
         }
     }
     diags.into_result(configured)

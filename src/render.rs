@@ -119,11 +119,7 @@ struct Scope<'a> {
 }
 
 /// Renders every component of the stack on each of its sites.
-pub fn render_stack(
-    stack: &Stack,
-    catalog: &Catalog,
-    registry: &Registry,
-) -> Result<Rendered, Diagnostics> {
+pub fn render_stack(stack: &Stack, catalog: &Catalog, registry: &Registry) -> Result<Rendered, Diagnostics> {
     let mut diags = Diagnostics::new();
     let mut rendered = Rendered::default();
     for component in &stack.components {
@@ -141,16 +137,8 @@ pub fn render_stack(
             }
         };
         for site in stack.sites_of(component) {
-            let scope = Scope {
-                stack,
-                catalog,
-                registry,
-                site,
-            };
-            let origin = ValuesOrigin {
-                doc: &stack.doc,
-                pointer: format!("{at}/values"),
-            };
+            let scope = Scope { stack, catalog, registry, site };
+            let origin = ValuesOrigin { doc: &stack.doc, pointer: format!("{at}/values") };
             let mut instances = Vec::new();
             match render_instance(
                 &scope,
@@ -165,13 +153,10 @@ pub fn render_stack(
                     for r in resources {
                         if let Some(first) = rendered.resources.get(&r.address) {
                             diags.push(
-                                Diagnostic::error(format!(
-                                    "two resources have the address `{}`",
-                                    r.address
-                                ))
-                                .at(r.origin.clone())
-                                .detail(format!("the first came from {}", first.origin.file))
-                                .hint("give them different names"),
+                                Diagnostic::error(format!("two resources have the address `{}`", r.address))
+                                    .at(r.origin.clone())
+                                    .detail(format!("the first came from {}", first.origin.file))
+                                    .hint("give them different names"),
                             );
                             continue;
                         }
@@ -200,19 +185,12 @@ fn render_instance(
     let site = &scope.stack.sites[site_name];
 
     schema::apply_defaults(&blueprint.inputs, &mut values);
-    for mut d in blueprint
-        .inputs_schema
-        .validate(&values, origin.doc, &origin.pointer)
-    {
+    for mut d in blueprint.inputs_schema.validate(&values, origin.doc, &origin.pointer) {
         d.summary = d
             .summary
             .replace("missing required field", "missing required input")
             .replace("unknown field", "unknown input");
-        d.detail = Some(format!(
-            "inputs of blueprint {} ({})",
-            blueprint.id(),
-            blueprint.doc.name()
-        ));
+        d.detail = Some(format!("inputs of blueprint {} ({})", blueprint.id(), blueprint.doc.name()));
         diags.push(d);
     }
     if diags.has_errors() {
@@ -238,11 +216,9 @@ fn render_instance(
         let at = format!("/spec/uses/{i}");
         if depth + 1 >= MAX_DEPTH {
             diags.push(
-                Diagnostic::error(format!(
-                    "blueprints nest more than {MAX_DEPTH} deep through `uses`"
-                ))
-                .at(blueprint.doc.locate(&at))
-                .hint("a blueprint probably uses itself, directly or through another"),
+                Diagnostic::error(format!("blueprints nest more than {MAX_DEPTH} deep through `uses`"))
+                    .at(blueprint.doc.locate(&at))
+                    .hint("a blueprint probably uses itself, directly or through another"),
             );
             continue;
         }
@@ -261,36 +237,18 @@ fn render_instance(
             Ok(v) => v,
             Err(e) => {
                 diags.push(
-                    Diagnostic::error(format!(
-                        "cannot compute the values of `{}`: {}",
-                        child_use.name,
-                        error_text(&e)
-                    ))
-                    .at(blueprint.doc.locate(&format!("{at}/values")))
-                    .field(format!("spec.uses[{i}].values")),
+                    Diagnostic::error(format!("cannot compute the values of `{}`: {}", child_use.name, error_text(&e)))
+                        .at(blueprint.doc.locate(&format!("{at}/values")))
+                        .field(format!("spec.uses[{i}].values")),
                 );
                 continue;
             }
         };
         let child_component = format!("{component}.{}", child_use.name);
-        let child_origin = ValuesOrigin {
-            doc: &blueprint.doc,
-            pointer: format!("{at}/values"),
-        };
-        match render_instance(
-            scope,
-            &child,
-            &child_component,
-            child_values,
-            &child_origin,
-            depth + 1,
-            instances,
-        ) {
+        let child_origin = ValuesOrigin { doc: &blueprint.doc, pointer: format!("{at}/values") };
+        match render_instance(scope, &child, &child_component, child_values, &child_origin, depth + 1, instances) {
             Ok(child_resources) => {
-                let outputs = instances
-                    .last()
-                    .map(|i| i.outputs.clone())
-                    .unwrap_or(Value::Null);
+                let outputs = instances.last().map(|i| i.outputs.clone()).unwrap_or(Value::Null);
                 context["uses"][child_use.name.as_str()] = outputs;
                 resources.extend(child_resources);
             }
@@ -307,21 +265,17 @@ fn render_instance(
             continue;
         }
         let template_path = blueprint.dir.join("templates").join(name);
-        let text = match env.get_template(name).and_then(|t| {
-            t.render(minijinja::value::Value::from(minijinja::value::Serde(
-                &context,
-            )))
-        }) {
+        let text = match env
+            .get_template(name)
+            .and_then(|t| t.render(minijinja::value::Value::from(minijinja::value::Serde(&context))))
+        {
             Ok(text) => text,
             Err(e) => {
                 diags.push(template_error(blueprint, name, source, &e));
                 continue;
             }
         };
-        let label = PathBuf::from(format!(
-            "{} (rendered for {component} on {site_name})",
-            template_path.display()
-        ));
+        let label = PathBuf::from(format!("{} (rendered for {component} on {site_name})", template_path.display()));
         for (line_offset, part) in split_documents(&text) {
             let doc = match Document::parse_part(&label, part, line_offset) {
                 Ok(doc) => doc,
@@ -347,10 +301,7 @@ fn render_instance(
         Ok(o) => o,
         Err(d) => return Err(d.into()),
     };
-    let mut addresses: Vec<String> = resources
-        .iter()
-        .map(|r: &Resource| r.address.clone())
-        .collect();
+    let mut addresses: Vec<String> = resources.iter().map(|r: &Resource| r.address.clone()).collect();
     addresses.extend(own.iter().map(|r| r.address.clone()));
     resources.extend(own);
     instances.push(Instance {
@@ -430,30 +381,18 @@ pub fn canonical_address(address: &str, site: &str, component: &str) -> Result<S
 
 /// Renders the values handed to a child: every string is a template over our context; a
 /// string that is one `{{ expression }}` keeps the expression's type.
-fn render_values(
-    env: &Environment<'static>,
-    values: &Value,
-    context: &Value,
-) -> Result<Value, minijinja::Error> {
+fn render_values(env: &Environment<'static>, values: &Value, context: &Value) -> Result<Value, minijinja::Error> {
     Ok(match values {
         Value::String(s) => match single_expression(s) {
-            Some(expr) => serde_json::to_value(env.compile_expression(expr)?.eval(
-                minijinja::value::Value::from(minijinja::value::Serde(context)),
-            )?)
-            .map_err(|e| {
-                minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string())
-            })?,
-            None => Value::String(env.render_str(
-                s,
-                minijinja::value::Value::from(minijinja::value::Serde(context)),
-            )?),
+            Some(expr) => serde_json::to_value(
+                env.compile_expression(expr)?.eval(minijinja::value::Value::from(minijinja::value::Serde(context)))?,
+            )
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string()))?,
+            None => Value::String(env.render_str(s, minijinja::value::Value::from(minijinja::value::Serde(context)))?),
         },
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| render_values(env, v, context))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| render_values(env, v, context)).collect::<Result<_, _>>()?)
+        }
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), render_values(env, v, context)?)))
@@ -465,8 +404,7 @@ fn render_values(
 
 fn single_expression(text: &str) -> Option<&str> {
     let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
-    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%"))
-        .then_some(inner.trim())
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner.trim())
 }
 
 fn evaluate_outputs(
@@ -484,15 +422,11 @@ fn evaluate_outputs(
     );
     let mut outputs = serde_json::Map::new();
     for (name, expression) in &blueprint.outputs {
-        let value =
-            render_values(env, &Value::String(expression.clone()), &context).map_err(|e| {
-                Diagnostic::error(format!(
-                    "cannot compute output `{name}`: {}",
-                    error_text(&e)
-                ))
+        let value = render_values(env, &Value::String(expression.clone()), &context).map_err(|e| {
+            Diagnostic::error(format!("cannot compute output `{name}`: {}", error_text(&e)))
                 .at(blueprint.doc.locate(&format!("/spec/outputs/{name}")))
                 .field(format!("spec.outputs.{name}"))
-            })?;
+        })?;
         outputs.insert(name.clone(), value);
     }
     Ok(Value::Object(outputs))
@@ -560,9 +494,7 @@ fn resource_from(
             Diagnostic::error(format!("unknown resource type `{}`", raw.resource_type))
                 .at(doc.locate("/type"))
                 .field("type")
-                .hint(
-                    "a type is `provider.kind`, e.g. `local.file`; `strata providers` lists them",
-                ),
+                .hint("a type is `provider.kind`, e.g. `local.file`; `strata providers` lists them"),
         ),
         Some(info) if info.provider != site.provider => diags.push(
             Diagnostic::error(format!(
@@ -578,11 +510,7 @@ fn resource_from(
         ),
         Some(info) => {
             for mut d in info.spec.validate_known(&raw.spec, doc, "/spec") {
-                d.detail = Some(format!(
-                    "schema of `{}` ({})",
-                    raw.resource_type,
-                    blueprint.id()
-                ));
+                d.detail = Some(format!("schema of `{}` ({})", raw.resource_type, blueprint.id()));
                 diags.push(d);
             }
         }
@@ -591,11 +519,8 @@ fn resource_from(
     for (i, dep) in raw.depends_on.iter().enumerate() {
         match canonical_address(dep, scope.site, component) {
             Ok(a) => depends_on.push(a),
-            Err(e) => diags.push(
-                Diagnostic::error(e)
-                    .at(doc.locate(&format!("/dependsOn/{i}")))
-                    .field(format!("dependsOn[{i}]")),
-            ),
+            Err(e) => diags
+                .push(Diagnostic::error(e).at(doc.locate(&format!("/dependsOn/{i}"))).field(format!("dependsOn[{i}]"))),
         }
     }
     if !diags.is_empty() {
@@ -615,10 +540,7 @@ fn resource_from(
     sensitive.sort();
     sensitive.dedup();
     Ok(Resource {
-        address: format!(
-            "{}/{component}/{}/{}",
-            scope.site, raw.resource_type, raw.name
-        ),
+        address: format!("{}/{component}/{}/{}", scope.site, raw.resource_type, raw.name),
         site: scope.site.to_string(),
         component: component.to_string(),
         resource_type: raw.resource_type,
@@ -634,9 +556,7 @@ fn resource_from(
 
 fn collect_sensitive(value: &Value, pointer: String, secrets: &[String], out: &mut Vec<String>) {
     match value {
-        Value::String(s) if secrets.iter().any(|secret| s.contains(secret.as_str())) => {
-            out.push(pointer)
-        }
+        Value::String(s) if secrets.iter().any(|secret| s.contains(secret.as_str())) => out.push(pointer),
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
                 collect_sensitive(v, format!("{pointer}/{i}"), secrets, out);
@@ -644,12 +564,7 @@ fn collect_sensitive(value: &Value, pointer: String, secrets: &[String], out: &m
         }
         Value::Object(map) => {
             for (k, v) in map {
-                collect_sensitive(
-                    v,
-                    format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")),
-                    secrets,
-                    out,
-                );
+                collect_sensitive(v, format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")), secrets, out);
             }
         }
         _ => {}
@@ -664,12 +579,7 @@ fn error_text(e: &minijinja::Error) -> String {
 }
 
 /// A template error as a diagnostic on the template's line, with a caret under the span.
-fn template_error(
-    blueprint: &Blueprint,
-    name: &str,
-    source: &str,
-    e: &minijinja::Error,
-) -> Diagnostic {
+fn template_error(blueprint: &Blueprint, name: &str, source: &str, e: &minijinja::Error) -> Diagnostic {
     // The error may come from an included template.
     let (name, source) = match e.name() {
         Some(n) if n != name => match blueprint.templates.iter().find(|(t, _)| t == n) {
@@ -678,12 +588,7 @@ fn template_error(
         },
         _ => (name, source),
     };
-    let file = blueprint
-        .dir
-        .join("templates")
-        .join(name)
-        .display()
-        .to_string();
+    let file = blueprint.dir.join("templates").join(name).display().to_string();
     let location = match (e.line(), e.range()) {
         (_, Some(range)) if range.start <= source.len() => {
             let before = &source[..range.start];
@@ -696,10 +601,7 @@ fn template_error(
                 file,
                 line,
                 column,
-                length: source[range.start..end.max(range.start)]
-                    .chars()
-                    .count()
-                    .max(1),
+                length: source[range.start..end.max(range.start)].chars().count().max(1),
                 source_line: Some(text),
             }
         }
@@ -707,11 +609,7 @@ fn template_error(
             file,
             line,
             column: 1,
-            length: source
-                .lines()
-                .nth(line - 1)
-                .map(|l| l.chars().count())
-                .unwrap_or(1),
+            length: source.lines().nth(line - 1).map(|l| l.chars().count()).unwrap_or(1),
             source_line: source.lines().nth(line - 1).map(String::from),
         },
         _ => Location::file(file),
@@ -741,18 +639,9 @@ mod tests {
 
     #[test]
     fn canonical_addresses() {
-        assert_eq!(
-            canonical_address("local.file/a", "lab", "base").unwrap(),
-            "lab/base/local.file/a"
-        );
-        assert_eq!(
-            canonical_address("other/local.file/a", "lab", "base").unwrap(),
-            "lab/other/local.file/a"
-        );
-        assert_eq!(
-            canonical_address("s/c/local.file/a", "lab", "base").unwrap(),
-            "s/c/local.file/a"
-        );
+        assert_eq!(canonical_address("local.file/a", "lab", "base").unwrap(), "lab/base/local.file/a");
+        assert_eq!(canonical_address("other/local.file/a", "lab", "base").unwrap(), "lab/other/local.file/a");
+        assert_eq!(canonical_address("s/c/local.file/a", "lab", "base").unwrap(), "s/c/local.file/a");
         assert!(canonical_address("a", "lab", "base").is_err());
         assert!(canonical_address("x/y", "lab", "base").is_err());
     }
@@ -760,18 +649,12 @@ mod tests {
     #[test]
     fn splits_streams_keeping_line_numbers() {
         let parts = split_documents("\n---\na: 1\n---\nb: 2\nc: 3\n---\n");
-        assert_eq!(
-            parts,
-            vec![(2, "a: 1\n".to_string()), (4, "b: 2\nc: 3\n".to_string())]
-        );
+        assert_eq!(parts, vec![(2, "a: 1\n".to_string()), (4, "b: 2\nc: 3\n".to_string())]);
     }
 
     #[test]
     fn single_expressions_are_recognized() {
-        assert_eq!(
-            single_expression("{{ inputs.hosts }}"),
-            Some("inputs.hosts")
-        );
+        assert_eq!(single_expression("{{ inputs.hosts }}"), Some("inputs.hosts"));
         assert_eq!(single_expression("x {{ a }}"), None);
         assert_eq!(single_expression("{{ a }}-{{ b }}"), None);
     }

@@ -12,14 +12,11 @@ use crate::diagnostics::{Diagnostic, pointer_to_field};
 use crate::document::Document;
 
 /// The schema of a `Stack`.
-pub static STACK: LazyLock<Schema> =
-    LazyLock::new(|| Schema::builtin(include_str!("../schemas/stack.json")));
+pub static STACK: LazyLock<Schema> = LazyLock::new(|| Schema::builtin(include_str!("../schemas/stack.json")));
 /// The schema of a `Blueprint`.
-pub static BLUEPRINT: LazyLock<Schema> =
-    LazyLock::new(|| Schema::builtin(include_str!("../schemas/blueprint.json")));
+pub static BLUEPRINT: LazyLock<Schema> = LazyLock::new(|| Schema::builtin(include_str!("../schemas/blueprint.json")));
 /// The schema of a rendered resource document.
-pub static RESOURCE: LazyLock<Schema> =
-    LazyLock::new(|| Schema::builtin(include_str!("../schemas/resource.json")));
+pub static RESOURCE: LazyLock<Schema> = LazyLock::new(|| Schema::builtin(include_str!("../schemas/resource.json")));
 
 /// A compiled schema with its source (for hints such as the allowed fields).
 pub struct Schema {
@@ -29,9 +26,7 @@ pub struct Schema {
 
 impl std::fmt::Debug for Schema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schema")
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("Schema").field("source", &self.source).finish()
     }
 }
 
@@ -74,13 +69,7 @@ impl Schema {
         self.validate_inner(value, doc, base, true)
     }
 
-    fn validate_inner(
-        &self,
-        value: &Value,
-        doc: &Document,
-        base: &str,
-        skip_unknown: bool,
-    ) -> Vec<Diagnostic> {
+    fn validate_inner(&self, value: &Value, doc: &Document, base: &str, skip_unknown: bool) -> Vec<Diagnostic> {
         if self.validator.is_valid(value) {
             return Vec::new();
         }
@@ -106,18 +95,14 @@ impl Schema {
                     }
                 }
                 ValidationErrorKind::Required { property } => {
-                    let name = property
-                        .as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| property.to_string());
+                    let name = property.as_str().map(String::from).unwrap_or_else(|| property.to_string());
                     out.push(
                         Diagnostic::error(format!("missing required field `{name}`"))
                             .at(doc.locate(&path))
                             .field(pointer_to_field(&format!("{path}/{name}"))),
                     );
                 }
-                ValidationErrorKind::OneOfMultipleValid { .. }
-                | ValidationErrorKind::OneOfNotValid { .. }
+                ValidationErrorKind::OneOfMultipleValid { .. } | ValidationErrorKind::OneOfNotValid { .. }
                     if self.is_site_choice(error.schema_path().as_str()) =>
                 {
                     out.push(
@@ -141,8 +126,7 @@ impl Schema {
     }
 
     fn is_site_choice(&self, schema_path: &str) -> bool {
-        self.source.get("title").and_then(Value::as_str) == Some("Stack")
-            && schema_path.contains("components")
+        self.source.get("title").and_then(Value::as_str) == Some("Stack") && schema_path.contains("components")
     }
 
     /// The properties declared next to the keyword at `schema_path`.
@@ -159,9 +143,7 @@ impl Schema {
 
 /// Fills in the `default`s of a schema's properties, recursively, where `value` lacks them.
 pub fn apply_defaults(schema: &Value, value: &mut Value) {
-    let (Some(properties), Value::Object(map)) =
-        (schema.get("properties").and_then(Value::as_object), value)
-    else {
+    let (Some(properties), Value::Object(map)) = (schema.get("properties").and_then(Value::as_object), value) else {
         return;
     };
     for (name, property) in properties {

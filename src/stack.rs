@@ -118,47 +118,26 @@ impl Stack {
         if diags.has_errors() {
             return Err(diags);
         }
-        let raw: RawSpec = serde_json::from_value(doc.value["spec"].clone()).map_err(|e| {
-            Diagnostic::error(format!("cannot read the stack: {e}")).at(doc.locate("/spec"))
-        })?;
-        let name = doc.value["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let raw: RawSpec = serde_json::from_value(doc.value["spec"].clone())
+            .map_err(|e| Diagnostic::error(format!("cannot read the stack: {e}")).at(doc.locate("/spec")))?;
+        let name = doc.value["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let catalog = raw
-            .catalog
-            .unwrap_or_else(|| vec!["./blueprints".into()])
-            .iter()
-            .map(|c| dir.join(c))
-            .collect();
+        let catalog = raw.catalog.unwrap_or_else(|| vec!["./blueprints".into()]).iter().map(|c| dir.join(c)).collect();
         let state = match raw.state {
-            Some(s) => StateConfig {
-                backend: s.backend,
-                path: dir.join(s.path.as_deref().unwrap_or(DEFAULT_STATE_PATH)),
-            },
-            None => StateConfig {
-                backend: "local".into(),
-                path: dir.join(DEFAULT_STATE_PATH),
-            },
+            Some(s) => {
+                StateConfig { backend: s.backend, path: dir.join(s.path.as_deref().unwrap_or(DEFAULT_STATE_PATH)) }
+            }
+            None => StateConfig { backend: "local".into(), path: dir.join(DEFAULT_STATE_PATH) },
         };
         let mut components = raw.components;
         for (i, c) in components.iter_mut().enumerate() {
             c.index = i;
         }
-        let stack = Stack {
-            name,
-            dir,
-            catalog,
-            state,
-            sites: raw.sites,
-            components,
-            doc,
-        };
+        let stack = Stack { name, dir, catalog, state, sites: raw.sites, components, doc };
         stack.check_references(&mut diags);
         diags.into_result(stack)
     }
@@ -179,21 +158,21 @@ impl Stack {
                 && !self.sites.contains_key(site)
             {
                 diags.push(
-                    Diagnostic::error(format!("component `{}` is placed on site `{site}`, which the stack does not declare", c.name))
-                        .at(self.doc.locate(&format!("{at}/site")))
-                        .field(pointer_to_field(&format!("{at}/site")))
-                        .hint(format!("declared sites: {}", self.site_list())),
+                    Diagnostic::error(format!(
+                        "component `{}` is placed on site `{site}`, which the stack does not declare",
+                        c.name
+                    ))
+                    .at(self.doc.locate(&format!("{at}/site")))
+                    .field(pointer_to_field(&format!("{at}/site")))
+                    .hint(format!("declared sites: {}", self.site_list())),
                 );
             }
             if c.sites.is_some() && self.sites_of(c).is_empty() {
                 diags.push(
-                    Diagnostic::error(format!(
-                        "the label selector of component `{}` matches no site",
-                        c.name
-                    ))
-                    .at(self.doc.locate(&format!("{at}/sites")))
-                    .field(pointer_to_field(&format!("{at}/sites/matchLabels")))
-                    .hint("check the labels under `spec.sites.<name>.labels`"),
+                    Diagnostic::error(format!("the label selector of component `{}` matches no site", c.name))
+                        .at(self.doc.locate(&format!("{at}/sites")))
+                        .field(pointer_to_field(&format!("{at}/sites/matchLabels")))
+                        .hint("check the labels under `spec.sites.<name>.labels`"),
                 );
             }
         }
@@ -215,30 +194,17 @@ impl Stack {
     }
 
     fn site_list(&self) -> String {
-        self.sites
-            .keys()
-            .map(|s| format!("`{s}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.sites.keys().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
     }
 
     /// The sites a component is placed on, in stack order.
     pub fn sites_of(&self, component: &Component) -> Vec<&str> {
         match (&component.site, &component.sites) {
-            (Some(site), _) => self
-                .sites
-                .get_key_value(site)
-                .map(|(k, _)| vec![k.as_str()])
-                .unwrap_or_default(),
+            (Some(site), _) => self.sites.get_key_value(site).map(|(k, _)| vec![k.as_str()]).unwrap_or_default(),
             (None, Some(selector)) => self
                 .sites
                 .iter()
-                .filter(|(_, s)| {
-                    selector
-                        .match_labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(k) == Some(v))
-                })
+                .filter(|(_, s)| selector.match_labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
                 .map(|(k, _)| k.as_str())
                 .collect(),
             (None, None) => vec![],

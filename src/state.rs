@@ -96,9 +96,7 @@ impl LockInfo {
     pub fn new(operation: &str, path: &str) -> LockInfo {
         LockInfo {
             id: uuid::Uuid::new_v4().to_string(),
-            who: std::env::var("USER")
-                .or_else(|_| std::env::var("LOGNAME"))
-                .unwrap_or_else(|_| "unknown".into()),
+            who: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into()),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
             operation: operation.to_string(),
@@ -254,43 +252,29 @@ impl LocalBackend {
     }
 
     fn lock_path(&self) -> PathBuf {
-        let mut name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
+        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
         name.push(".lock");
         self.path.with_file_name(name)
     }
 
     fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-        move |source| Error::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| Error::Io { action, path: path.to_path_buf(), source }
     }
 
     fn read_lock(&self) -> Result<Option<LockInfo>> {
         let path = self.lock_path();
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).unwrap_or_else(|_| {
-                LockInfo {
-                    id: "(unreadable)".into(),
-                    who: "unknown".into(),
-                    host: "unknown".into(),
-                    pid: 0,
-                    operation: "unknown".into(),
-                    since: "unknown".into(),
-                    path: path.display().to_string(),
-                }
+            Ok(text) => Ok(Some(serde_json::from_str(&text).unwrap_or_else(|_| LockInfo {
+                id: "(unreadable)".into(),
+                who: "unknown".into(),
+                host: "unknown".into(),
+                pid: 0,
+                operation: "unknown".into(),
+                since: "unknown".into(),
+                path: path.display().to_string(),
             }))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io {
-                action: "read the lock",
-                path,
-                source: e,
-            }),
+            Err(e) => Err(Error::Io { action: "read the lock", path, source: e }),
         }
     }
 }
@@ -298,22 +282,12 @@ impl LocalBackend {
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync
 /// of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
         {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
@@ -335,11 +309,7 @@ impl Storage for LocalBackend {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(Error::Io {
-                    action: "read",
-                    path: self.path.clone(),
-                    source: e,
-                });
+                return Err(Error::Io { action: "read", path: self.path.clone(), source: e });
             }
         };
         // Check the version first, so a newer format is named as such.
@@ -347,29 +317,17 @@ impl Storage for LocalBackend {
         struct Version {
             version: u32,
         }
-        let version: Version = serde_json::from_str(&text).map_err(|source| Error::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
+        let version: Version =
+            serde_json::from_str(&text).map_err(|source| Error::Corrupt { path: self.path.clone(), source })?;
         if version.version > FORMAT_VERSION {
-            return Err(Error::NewerFormat {
-                path: self.path.clone(),
-                found: version.version,
-            });
+            return Err(Error::NewerFormat { path: self.path.clone(), found: version.version });
         }
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| Error::Corrupt {
-                path: self.path.clone(),
-                source,
-            })
+        serde_json::from_str(&text).map(Some).map_err(|source| Error::Corrupt { path: self.path.clone(), source })
     }
 
     fn write(&self, state: &State) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|source| Error::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut bytes =
+            serde_json::to_vec_pretty(state).map_err(|source| Error::Corrupt { path: self.path.clone(), source })?;
         bytes.push(b'\n');
         write_atomic(&self.path, &bytes).map_err(Self::io("write", &self.path))
     }
@@ -386,55 +344,37 @@ impl Locker for LocalBackend {
             std::fs::create_dir_all(dir).map_err(Self::io("create", dir))?;
         }
         let info = LockInfo::new(operation, &self.path.display().to_string());
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
                 let bytes = serde_json::to_vec_pretty(&info).unwrap_or_default();
-                file.write_all(&bytes)
-                    .and_then(|_| file.sync_all())
-                    .map_err(Self::io("write the lock", &path))?;
+                file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(Self::io("write the lock", &path))?;
                 Ok(info.id)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match self.read_lock()? {
-                Some(holder) => Err(Error::Locked {
-                    holder: Box::new(holder),
-                }),
+                Some(holder) => Err(Error::Locked { holder: Box::new(holder) }),
                 // Released between our attempt and the read: try once more.
                 None => self.lock(operation),
             },
-            Err(e) => Err(Error::Io {
-                action: "create the lock",
-                path,
-                source: e,
-            }),
+            Err(e) => Err(Error::Io { action: "create the lock", path, source: e }),
         }
     }
 
     fn unlock(&self, id: &str) -> Result<()> {
         match self.read_lock()? {
-            Some(held) if held.id == id => std::fs::remove_file(self.lock_path())
-                .map_err(Self::io("remove the lock", &self.path)),
-            held => Err(Error::LockMismatch {
-                given: id.to_string(),
-                held: held.map(Box::new),
-            }),
+            Some(held) if held.id == id => {
+                std::fs::remove_file(self.lock_path()).map_err(Self::io("remove the lock", &self.path))
+            }
+            held => Err(Error::LockMismatch { given: id.to_string(), held: held.map(Box::new) }),
         }
     }
 
     fn force_unlock(&self, id: &str) -> Result<LockInfo> {
         match self.read_lock()? {
             Some(held) if held.id == id || held.id == "(unreadable)" => {
-                std::fs::remove_file(self.lock_path())
-                    .map_err(Self::io("remove the lock", &self.path))?;
+                std::fs::remove_file(self.lock_path()).map_err(Self::io("remove the lock", &self.path))?;
                 Ok(held)
             }
-            held => Err(Error::LockMismatch {
-                given: id.to_string(),
-                held: held.map(Box::new),
-            }),
+            held => Err(Error::LockMismatch { given: id.to_string(), held: held.map(Box::new) }),
         }
     }
 
@@ -470,16 +410,11 @@ mod tests {
 
         let id = backend.lock("apply").unwrap();
         let err = backend.lock("plan").unwrap_err();
-        let Error::Locked { holder } = &err else {
-            panic!("{err}")
-        };
+        let Error::Locked { holder } = &err else { panic!("{err}") };
         assert_eq!(holder.id, id);
         assert_eq!(holder.operation, "apply");
         assert_eq!(holder.pid, std::process::id());
-        assert!(matches!(
-            backend.force_unlock("wrong"),
-            Err(Error::LockMismatch { .. })
-        ));
+        assert!(matches!(backend.force_unlock("wrong"), Err(Error::LockMismatch { .. })));
         backend.force_unlock(&id).unwrap();
         let again = backend.lock("apply").unwrap();
         backend.unlock(&again).unwrap();
@@ -491,14 +426,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(
-            LocalBackend::new(&path).read(),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(LocalBackend::new(&path).read(), Err(Error::Corrupt { .. })));
         std::fs::write(&path, r#"{"version": 99}"#).unwrap();
-        assert!(matches!(
-            LocalBackend::new(&path).read(),
-            Err(Error::NewerFormat { found: 99, .. })
-        ));
+        assert!(matches!(LocalBackend::new(&path).read(), Err(Error::NewerFormat { found: 99, .. })));
     }
 }

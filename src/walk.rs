@@ -88,11 +88,7 @@ where
             let Some(i) = ready.pop_front() else { break };
             let site = nodes[i].site.as_str();
             let count = per_site.entry(site).or_default();
-            if limits
-                .per_site
-                .get(site)
-                .is_some_and(|&limit| *count >= limit)
-            {
+            if limits.per_site.get(site).is_some_and(|&limit| *count >= limit) {
                 deferred.push_back(i);
                 continue;
             }
@@ -106,9 +102,7 @@ where
 
         if stop && running.is_empty() {
             for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *outcome = Some(Outcome::Skipped {
-                    because: "interrupted".into(),
-                });
+                *outcome = Some(Outcome::Skipped { because: "interrupted".into() });
             }
             break;
         }
@@ -116,9 +110,7 @@ where
             // Nothing runs and nothing is ready: only possible with a cycle, which the
             // graph rejects before a walk. Skip the rest rather than hang.
             for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *outcome = Some(Outcome::Skipped {
-                    because: "a dependency cycle".into(),
-                });
+                *outcome = Some(Outcome::Skipped { because: "a dependency cycle".into() });
             }
             break;
         };
@@ -152,24 +144,12 @@ where
                         ready.push_back(d);
                     }
                 } else if outcomes[d].is_none() {
-                    stack.push((
-                        d,
-                        Outcome::Skipped {
-                            because: cause.clone(),
-                        },
-                    ));
+                    stack.push((d, Outcome::Skipped { because: cause.clone() }));
                 }
             }
         }
     }
-    outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or(Outcome::Skipped {
-                because: "interrupted".into(),
-            })
-        })
-        .collect()
+    outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Skipped { because: "interrupted".into() })).collect()
 }
 
 #[cfg(test)]
@@ -178,22 +158,14 @@ mod tests {
     use std::sync::Mutex;
 
     fn node(name: &str, site: &str, dependencies: Vec<usize>) -> Node {
-        Node {
-            name: name.into(),
-            site: site.into(),
-            dependencies,
-        }
+        Node { name: name.into(), site: site.into(), dependencies }
     }
 
     #[tokio::test]
     async fn failure_skips_dependents_and_runs_independent_nodes() {
         // a → b → c, d independent; b fails.
-        let nodes = vec![
-            node("a", "s", vec![]),
-            node("b", "s", vec![0]),
-            node("c", "s", vec![1]),
-            node("d", "s", vec![]),
-        ];
+        let nodes =
+            vec![node("a", "s", vec![]), node("b", "s", vec![0]), node("c", "s", vec![1]), node("d", "s", vec![])];
         let order = Arc::new(Mutex::new(Vec::new()));
         let outcomes = walk(&nodes, &Limits::new(4), |i| {
             let order = order.clone();
@@ -205,12 +177,7 @@ mod tests {
         .await;
         assert_eq!(outcomes[0], Outcome::Done);
         assert_eq!(outcomes[1], Outcome::Failed);
-        assert_eq!(
-            outcomes[2],
-            Outcome::Skipped {
-                because: "b".into()
-            }
-        );
+        assert_eq!(outcomes[2], Outcome::Skipped { because: "b".into() });
         assert_eq!(outcomes[3], Outcome::Done);
         let order = order.lock().unwrap();
         assert!(!order.contains(&2));
@@ -220,9 +187,8 @@ mod tests {
 
     #[tokio::test]
     async fn respects_global_and_site_limits() {
-        let nodes: Vec<Node> = (0..12)
-            .map(|i| node(&i.to_string(), if i % 2 == 0 { "a" } else { "b" }, vec![]))
-            .collect();
+        let nodes: Vec<Node> =
+            (0..12).map(|i| node(&i.to_string(), if i % 2 == 0 { "a" } else { "b" }, vec![])).collect();
         let mut limits = Limits::new(4);
         limits.per_site.insert("a".into(), 1);
         let running = Arc::new(Mutex::new((0usize, 0usize, 0usize, 0usize))); // total, a, max total, max a
@@ -268,11 +234,6 @@ mod tests {
         })
         .await;
         assert_eq!(outcomes[0], Outcome::Done);
-        assert_eq!(
-            outcomes[1],
-            Outcome::Skipped {
-                because: "interrupted".into()
-            }
-        );
+        assert_eq!(outcomes[1], Outcome::Skipped { because: "interrupted".into() });
     }
 }

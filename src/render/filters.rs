@@ -15,8 +15,7 @@ fn invalid(message: String) -> Error {
 /// Serializes a value as YAML (no document marker, no trailing newline), for use with
 /// `indent`.
 pub fn toyaml(value: Value) -> Result<String, Error> {
-    let text =
-        serde_yaml::to_string(&value).map_err(|e| invalid(format!("cannot write YAML: {e}")))?;
+    let text = serde_yaml::to_string(&value).map_err(|e| invalid(format!("cannot write YAML: {e}")))?;
     Ok(text.trim_end_matches('\n').to_string())
 }
 
@@ -35,10 +34,7 @@ pub fn b64decode(text: String) -> Result<String, Error> {
 
 /// Lowercase hex SHA-256 of the text.
 pub fn sha256(text: String) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Prefix {
@@ -49,35 +45,19 @@ struct Prefix {
 }
 
 fn parse_prefix(text: &str) -> Result<Prefix, Error> {
-    let (address, length) = text
-        .split_once('/')
-        .ok_or_else(|| invalid(format!("`{text}` is not a CIDR prefix like 10.0.0.0/16")))?;
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| invalid(format!("`{address}` is not an IP address")))?;
-    let length: u32 = length
-        .parse()
-        .map_err(|_| invalid(format!("`{length}` is not a prefix length")))?;
+    let (address, length) =
+        text.split_once('/').ok_or_else(|| invalid(format!("`{text}` is not a CIDR prefix like 10.0.0.0/16")))?;
+    let address: IpAddr = address.parse().map_err(|_| invalid(format!("`{address}` is not an IP address")))?;
+    let length: u32 = length.parse().map_err(|_| invalid(format!("`{length}` is not a prefix length")))?;
     let (value, bits, v4) = match address {
         IpAddr::V4(a) => (u128::from(u32::from(a)), 32, true),
         IpAddr::V6(a) => (u128::from(a), 128, false),
     };
     if length > bits {
-        return Err(invalid(format!(
-            "prefix length {length} is longer than {bits} bits"
-        )));
+        return Err(invalid(format!("prefix length {length} is longer than {bits} bits")));
     }
-    let mask = if length == 0 {
-        0
-    } else {
-        (!0u128) << (bits - length) & low_bits(bits)
-    };
-    Ok(Prefix {
-        address: value & mask,
-        length,
-        bits,
-        v4,
-    })
+    let mask = if length == 0 { 0 } else { (!0u128) << (bits - length) & low_bits(bits) };
+    Ok(Prefix { address: value & mask, length, bits, v4 })
 }
 
 fn low_bits(bits: u32) -> u128 {
@@ -85,11 +65,7 @@ fn low_bits(bits: u32) -> u128 {
 }
 
 fn format_address(value: u128, v4: bool) -> String {
-    if v4 {
-        std::net::Ipv4Addr::from(value as u32).to_string()
-    } else {
-        std::net::Ipv6Addr::from(value).to_string()
-    }
+    if v4 { std::net::Ipv4Addr::from(value as u32).to_string() } else { std::net::Ipv6Addr::from(value).to_string() }
 }
 
 /// `cidrsubnet("10.0.0.0/16", 8, 2)` → `10.0.2.0/24`.
@@ -97,14 +73,10 @@ pub fn cidrsubnet(prefix: String, newbits: u32, netnum: u64) -> Result<String, E
     let p = parse_prefix(&prefix)?;
     let length = p.length + newbits;
     if length > p.bits {
-        return Err(invalid(format!(
-            "`{prefix}` has no room for {newbits} more bits"
-        )));
+        return Err(invalid(format!("`{prefix}` has no room for {newbits} more bits")));
     }
     if newbits < 64 && u128::from(netnum) >= (1u128 << newbits) {
-        return Err(invalid(format!(
-            "network number {netnum} does not fit in {newbits} bits"
-        )));
+        return Err(invalid(format!("network number {netnum} does not fit in {newbits} bits")));
     }
     let address = p.address | (u128::from(netnum) << (p.bits - length));
     Ok(format!("{}/{length}", format_address(address, p.v4)))
@@ -114,11 +86,7 @@ pub fn cidrsubnet(prefix: String, newbits: u32, netnum: u64) -> Result<String, E
 pub fn cidrhost(prefix: String, hostnum: i64) -> Result<String, Error> {
     let p = parse_prefix(&prefix)?;
     let host_bits = p.bits - p.length;
-    let size: u128 = if host_bits == 128 {
-        u128::MAX
-    } else {
-        1u128 << host_bits
-    };
+    let size: u128 = if host_bits == 128 { u128::MAX } else { 1u128 << host_bits };
     let offset = if hostnum >= 0 {
         u128::from(hostnum.unsigned_abs())
     } else {
@@ -126,9 +94,7 @@ pub fn cidrhost(prefix: String, hostnum: i64) -> Result<String, Error> {
             .ok_or_else(|| invalid(format!("host number {hostnum} is outside `{prefix}`")))?
     };
     if offset >= size {
-        return Err(invalid(format!(
-            "host number {hostnum} is outside `{prefix}`"
-        )));
+        return Err(invalid(format!("host number {hostnum} is outside `{prefix}`")));
     }
     Ok(format_address(p.address | offset, p.v4))
 }
@@ -139,28 +105,13 @@ mod tests {
 
     #[test]
     fn cidr_functions_match_terraform() {
-        assert_eq!(
-            cidrsubnet("10.0.0.0/16".into(), 8, 2).unwrap(),
-            "10.0.2.0/24"
-        );
-        assert_eq!(
-            cidrsubnet("172.16.0.0/12".into(), 4, 15).unwrap(),
-            "172.31.0.0/16"
-        );
-        assert_eq!(
-            cidrsubnet("fd00:fd12:3456:7890::/56".into(), 16, 162).unwrap(),
-            "fd00:fd12:3456:7800:a2::/72"
-        );
+        assert_eq!(cidrsubnet("10.0.0.0/16".into(), 8, 2).unwrap(), "10.0.2.0/24");
+        assert_eq!(cidrsubnet("172.16.0.0/12".into(), 4, 15).unwrap(), "172.31.0.0/16");
+        assert_eq!(cidrsubnet("fd00:fd12:3456:7890::/56".into(), 16, 162).unwrap(), "fd00:fd12:3456:7800:a200::/72");
         assert!(cidrsubnet("10.0.0.0/30".into(), 4, 1).is_err());
         assert!(cidrsubnet("10.0.0.0/16".into(), 2, 4).is_err());
-        assert_eq!(
-            cidrhost("10.12.112.0/20".into(), 16).unwrap(),
-            "10.12.112.16"
-        );
-        assert_eq!(
-            cidrhost("10.12.112.0/20".into(), 268).unwrap(),
-            "10.12.113.12"
-        );
+        assert_eq!(cidrhost("10.12.112.0/20".into(), 16).unwrap(), "10.12.112.16");
+        assert_eq!(cidrhost("10.12.112.0/20".into(), 268).unwrap(), "10.12.113.12");
         assert_eq!(cidrhost("10.0.0.0/24".into(), -1).unwrap(), "10.0.0.255");
         assert!(cidrhost("10.0.0.0/24".into(), 256).is_err());
         assert!(cidrhost("nonsense".into(), 1).is_err());
@@ -170,15 +121,9 @@ mod tests {
     fn encodings() {
         assert_eq!(b64encode("hi".into()), "aGk=");
         assert_eq!(b64decode("aGk=".into()).unwrap(), "hi");
+        assert_eq!(sha256("".into()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(
-            sha256("".into()),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            toyaml(Value::from(minijinja::value::Serde(
-                serde_json::json!({"a": [1, 2]})
-            )))
-            .unwrap(),
+            toyaml(Value::from(minijinja::value::Serde(serde_json::json!({"a": [1, 2]})))).unwrap(),
             "a:\n- 1\n- 2"
         );
     }

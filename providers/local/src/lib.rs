@@ -35,10 +35,7 @@ const FILE: &str = "local.file";
 const COMMAND: &str = "local.command";
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn str_field<'a>(spec: &'a Value, field: &str) -> Option<&'a str> {
@@ -51,28 +48,18 @@ fn parse_mode(mode: &str) -> Option<u32> {
 
 impl LocalProvider {
     fn base_dir(&self) -> &Path {
-        self.base_dir
-            .get()
-            .map(PathBuf::as_path)
-            .unwrap_or(Path::new("."))
+        self.base_dir.get().map(PathBuf::as_path).unwrap_or(Path::new("."))
     }
 
     fn absolute(&self, path: &str) -> PathBuf {
         let path = Path::new(path);
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir().join(path)
-        }
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
     }
 
     async fn read_file(&self, spec: &Value, prior: Option<&ResourceState>) -> ReadResponse {
         // Read where the file was last written (a changed path is planned as a replacement,
         // which needs the old file), else where the spec says.
-        let Some(path) = prior
-            .map(|p| p.id.clone())
-            .or_else(|| str_field(spec, "path").map(String::from))
-        else {
+        let Some(path) = prior.map(|p| p.id.clone()).or_else(|| str_field(spec, "path").map(String::from)) else {
             return ReadResponse::default();
         };
         let absolute = self.absolute(&path);
@@ -82,8 +69,7 @@ impl LocalProvider {
             Err(e) => {
                 return ReadResponse {
                     diagnostics: vec![
-                        Diagnostic::error(format!("cannot read `{}`", absolute.display()))
-                            .with_detail(e.to_string()),
+                        Diagnostic::error(format!("cannot read `{}`", absolute.display())).with_detail(e.to_string()),
                     ],
                     state: None,
                 };
@@ -96,9 +82,8 @@ impl LocalProvider {
         };
         // The live spec keeps the path as the user wrote it, so that an unchanged path
         // does not show as a change.
-        let shown_path = prior
-            .and_then(|p| str_field(&p.spec, "path").map(String::from))
-            .unwrap_or_else(|| path.clone());
+        let shown_path =
+            prior.and_then(|p| str_field(&p.spec, "path").map(String::from)).unwrap_or_else(|| path.clone());
         let mut live = json!({"path": shown_path, "content": content});
         if spec.get("mode").is_some() || prior.is_some_and(|p| p.spec.get("mode").is_some()) {
             use std::os::unix::fs::PermissionsExt;
@@ -141,21 +126,12 @@ impl LocalProvider {
         let action = match &request.current {
             None => PlannedAction::Create,
             Some(current) if str_field(&current.spec, "path") != Some(path) => {
-                PlannedAction::Replace {
-                    reasons: vec!["`path` cannot change in place".into()],
-                }
+                PlannedAction::Replace { reasons: vec!["`path` cannot change in place".into()] }
             }
             Some(current) if &current.spec == desired => PlannedAction::NoOp,
-            Some(current) => PlannedAction::Update {
-                patch: diff(&current.spec, desired),
-            },
+            Some(current) => PlannedAction::Update { patch: diff(&current.spec, desired) },
         };
-        PlanResponse {
-            diagnostics,
-            action,
-            planned_outputs,
-            private: Value::Null,
-        }
+        PlanResponse { diagnostics, action, planned_outputs, private: Value::Null }
     }
 
     async fn write_file(&self, desired: &Value) -> ApplyResponse {
@@ -168,28 +144,21 @@ impl LocalProvider {
         let absolute = self.absolute(path);
         let Some(parent) = absolute.parent() else {
             return ApplyResponse {
-                diagnostics: vec![
-                    Diagnostic::error(format!("`{path}` is not a file path")).with_field("path"),
-                ],
+                diagnostics: vec![Diagnostic::error(format!("`{path}` is not a file path")).with_field("path")],
                 state: None,
             };
         };
         if let Err(e) = tokio::fs::create_dir_all(parent).await {
             return fail(format!("cannot create folder `{}`", parent.display()), e);
         }
-        let name = absolute
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = absolute.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = parent.join(format!(".{name}.strata-tmp-{}", std::process::id()));
         if let Err(e) = tokio::fs::write(&temp, content.as_bytes()).await {
             return fail(format!("cannot write `{}`", temp.display()), e);
         }
         if let Some(mode) = str_field(desired, "mode").and_then(parse_mode) {
             use std::os::unix::fs::PermissionsExt;
-            if let Err(e) =
-                tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).await
-            {
+            if let Err(e) = tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).await {
                 let _ = tokio::fs::remove_file(&temp).await;
                 return fail(format!("cannot set the mode of `{}`", temp.display()), e);
             }
@@ -219,49 +188,26 @@ impl LocalProvider {
                     .filter(|f| current.spec.get(**f) != request.desired.get(**f))
                     .map(|f| format!("`{f}` changed: a command is run again, not updated"))
                     .collect();
-                if reasons.is_empty() {
-                    PlannedAction::NoOp
-                } else {
-                    PlannedAction::Replace { reasons }
-                }
+                if reasons.is_empty() { PlannedAction::NoOp } else { PlannedAction::Replace { reasons } }
             }
         };
         let planned_outputs = match (&action, &request.current) {
             (PlannedAction::NoOp, Some(current)) => current.outputs.clone(),
             _ => json!({"stdout": unknown::opaque(address, "stdout")}),
         };
-        PlanResponse {
-            diagnostics: vec![],
-            action,
-            planned_outputs,
-            private: Value::Null,
-        }
+        PlanResponse { diagnostics: vec![], action, planned_outputs, private: Value::Null }
     }
 
-    async fn run(
-        &self,
-        argv: &Value,
-        env: Option<&Value>,
-        what: &str,
-    ) -> Result<String, Diagnostic> {
-        let argv: Vec<&str> = argv
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+    async fn run(&self, argv: &Value, env: Option<&Value>, what: &str) -> Result<String, Diagnostic> {
+        let argv: Vec<&str> = argv.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let Some((program, args)) = argv.split_first() else {
             return Err(Diagnostic::error(format!("`{what}` is empty")).with_field(what));
         };
         let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .current_dir(self.base_dir())
-            .stdin(std::process::Stdio::null());
+        command.args(args).current_dir(self.base_dir()).stdin(std::process::Stdio::null());
         if let Some(Value::Object(env)) = env {
             for (key, value) in env {
-                let value = value
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| value.to_string());
+                let value = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
                 command.env(key, value);
             }
         }
@@ -275,23 +221,17 @@ impl LocalProvider {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(Diagnostic::error(format!(
-                "`{}` failed ({})",
-                argv.join(" "),
-                output.status
-            ))
-            .with_field(what)
-            .with_detail(tail.join("\n")));
+            return Err(Diagnostic::error(format!("`{}` failed ({})", argv.join(" "), output.status))
+                .with_field(what)
+                .with_detail(tail.join("\n")));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
 fn wrong_type(resource_type: &str) -> Diagnostic {
-    Diagnostic::error(format!(
-        "the `local` provider has no resource type `{resource_type}`"
-    ))
-    .with_hint("`local` manages `local.file` and `local.command`")
+    Diagnostic::error(format!("the `local` provider has no resource type `{resource_type}`"))
+        .with_hint("`local` manages `local.file` and `local.command`")
 }
 
 #[async_trait]
@@ -299,27 +239,21 @@ impl Provider for LocalProvider {
     fn schema(&self) -> ProviderSchema {
         ProviderSchema {
             name: "local".into(),
-            config: serde_json::from_str(include_str!(
-                "../../../schemas/providers/local.config.json"
-            ))
-            .unwrap_or(Value::Bool(true)),
+            config: serde_json::from_str(include_str!("../../../schemas/providers/local.config.json"))
+                .unwrap_or(Value::Bool(true)),
             resource_types: vec![
                 ResourceTypeSchema {
                     name: FILE.into(),
                     description: "A file on this machine".into(),
-                    spec: serde_json::from_str(include_str!(
-                        "../../../schemas/resources/local.file.json"
-                    ))
-                    .unwrap_or(Value::Bool(true)),
+                    spec: serde_json::from_str(include_str!("../../../schemas/resources/local.file.json"))
+                        .unwrap_or(Value::Bool(true)),
                     outputs: vec!["path".into(), "sha256".into()],
                 },
                 ResourceTypeSchema {
                     name: COMMAND.into(),
                     description: "A command run on this machine on create and destroy".into(),
-                    spec: serde_json::from_str(include_str!(
-                        "../../../schemas/resources/local.command.json"
-                    ))
-                    .unwrap_or(Value::Bool(true)),
+                    spec: serde_json::from_str(include_str!("../../../schemas/resources/local.command.json"))
+                        .unwrap_or(Value::Bool(true)),
                     outputs: vec!["stdout".into()],
                 },
             ],
@@ -335,14 +269,8 @@ impl Provider for LocalProvider {
         match request.resource.resource_type.as_str() {
             FILE => self.read_file(&request.spec, request.prior.as_ref()).await,
             // A command's effect cannot be observed: what was recorded is what there is.
-            COMMAND => ReadResponse {
-                diagnostics: vec![],
-                state: request.prior,
-            },
-            other => ReadResponse {
-                diagnostics: vec![wrong_type(other)],
-                state: None,
-            },
+            COMMAND => ReadResponse { diagnostics: vec![], state: request.prior },
+            other => ReadResponse { diagnostics: vec![wrong_type(other)], state: None },
         }
     }
 
@@ -359,10 +287,7 @@ impl Provider for LocalProvider {
             FILE => self.write_file(&request.desired).await,
             COMMAND => {
                 let desired = &request.desired;
-                match self
-                    .run(&desired["create"], desired.get("env"), "create")
-                    .await
-                {
+                match self.run(&desired["create"], desired.get("env"), "create").await {
                     Ok(stdout) => ApplyResponse {
                         diagnostics: vec![],
                         state: Some(ResourceState {
@@ -372,16 +297,10 @@ impl Provider for LocalProvider {
                             private: Value::Null,
                         }),
                     },
-                    Err(diagnostic) => ApplyResponse {
-                        diagnostics: vec![diagnostic],
-                        state: None,
-                    },
+                    Err(diagnostic) => ApplyResponse { diagnostics: vec![diagnostic], state: None },
                 }
             }
-            other => ApplyResponse {
-                diagnostics: vec![wrong_type(other)],
-                state: None,
-            },
+            other => ApplyResponse { diagnostics: vec![wrong_type(other)], state: None },
         }
     }
 
@@ -393,25 +312,18 @@ impl Provider for LocalProvider {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => DeleteResponse::default(),
                 Err(e) => DeleteResponse {
                     diagnostics: vec![
-                        Diagnostic::error(format!("cannot delete `{}`", current.id))
-                            .with_detail(e.to_string()),
+                        Diagnostic::error(format!("cannot delete `{}`", current.id)).with_detail(e.to_string()),
                     ],
                 },
             },
             COMMAND => match current.spec.get("destroy") {
-                Some(destroy) => {
-                    match self.run(destroy, current.spec.get("env"), "destroy").await {
-                        Ok(_) => DeleteResponse::default(),
-                        Err(diagnostic) => DeleteResponse {
-                            diagnostics: vec![diagnostic],
-                        },
-                    }
-                }
+                Some(destroy) => match self.run(destroy, current.spec.get("env"), "destroy").await {
+                    Ok(_) => DeleteResponse::default(),
+                    Err(diagnostic) => DeleteResponse { diagnostics: vec![diagnostic] },
+                },
                 None => DeleteResponse::default(),
             },
-            other => DeleteResponse {
-                diagnostics: vec![wrong_type(other)],
-            },
+            other => DeleteResponse { diagnostics: vec![wrong_type(other)] },
         }
     }
 
@@ -420,21 +332,12 @@ impl Provider for LocalProvider {
             FILE => {
                 let read = self.read_file(&json!({"path": request.id}), None).await;
                 match read.state {
-                    Some(state) => ImportResponse {
-                        diagnostics: read.diagnostics,
-                        state: Some(state),
-                    },
+                    Some(state) => ImportResponse { diagnostics: read.diagnostics, state: Some(state) },
                     None if read.diagnostics.is_empty() => ImportResponse {
-                        diagnostics: vec![Diagnostic::error(format!(
-                            "no file at `{}`",
-                            request.id
-                        ))],
+                        diagnostics: vec![Diagnostic::error(format!("no file at `{}`", request.id))],
                         state: None,
                     },
-                    None => ImportResponse {
-                        diagnostics: read.diagnostics,
-                        state: None,
-                    },
+                    None => ImportResponse { diagnostics: read.diagnostics, state: None },
                 }
             }
             COMMAND => ImportResponse {
@@ -443,10 +346,7 @@ impl Provider for LocalProvider {
                 )],
                 state: None,
             },
-            other => ImportResponse {
-                diagnostics: vec![wrong_type(other)],
-                state: None,
-            },
+            other => ImportResponse { diagnostics: vec![wrong_type(other)], state: None },
         }
     }
 }
@@ -483,21 +383,10 @@ mod tests {
         let resource = address(FILE, "motd");
         let desired = json!({"path": "out/motd", "content": "hello\n", "mode": "0600"});
 
-        let read = provider
-            .read(ReadRequest {
-                resource: resource.clone(),
-                spec: desired.clone(),
-                prior: None,
-            })
-            .await;
+        let read = provider.read(ReadRequest { resource: resource.clone(), spec: desired.clone(), prior: None }).await;
         assert!(read.state.is_none());
-        let plan = provider
-            .plan(PlanRequest {
-                resource: resource.clone(),
-                desired: desired.clone(),
-                current: None,
-            })
-            .await;
+        let plan =
+            provider.plan(PlanRequest { resource: resource.clone(), desired: desired.clone(), current: None }).await;
         assert_eq!(plan.action, PlannedAction::Create);
         let applied = provider
             .apply(ApplyRequest {
@@ -508,48 +397,22 @@ mod tests {
             })
             .await;
         let state = applied.state.expect("created");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("out/motd")).unwrap(),
-            "hello\n"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("out/motd")).unwrap(), "hello\n");
         assert_eq!(state.outputs["sha256"], json!(sha256_hex(b"hello\n")));
 
         let read = provider
-            .read(ReadRequest {
-                resource: resource.clone(),
-                spec: desired.clone(),
-                prior: Some(state.clone()),
-            })
+            .read(ReadRequest { resource: resource.clone(), spec: desired.clone(), prior: Some(state.clone()) })
             .await;
         let plan = provider
-            .plan(PlanRequest {
-                resource: resource.clone(),
-                desired: desired.clone(),
-                current: read.state,
-            })
+            .plan(PlanRequest { resource: resource.clone(), desired: desired.clone(), current: read.state })
             .await;
         assert_eq!(plan.action, PlannedAction::NoOp);
 
         std::fs::write(dir.path().join("out/motd"), "edited\n").unwrap();
-        let read = provider
-            .read(ReadRequest {
-                resource: resource.clone(),
-                spec: desired.clone(),
-                prior: Some(state),
-            })
-            .await;
-        let plan = provider
-            .plan(PlanRequest {
-                resource,
-                desired,
-                current: read.state,
-            })
-            .await;
-        assert!(
-            matches!(plan.action, PlannedAction::Update { .. }),
-            "{:?}",
-            plan.action
-        );
+        let read =
+            provider.read(ReadRequest { resource: resource.clone(), spec: desired.clone(), prior: Some(state) }).await;
+        let plan = provider.plan(PlanRequest { resource, desired, current: read.state }).await;
+        assert!(matches!(plan.action, PlannedAction::Update { .. }), "{:?}", plan.action);
     }
 
     #[tokio::test]
@@ -569,24 +432,13 @@ mod tests {
         let state = applied.state.expect("ran");
         assert_eq!(state.outputs["stdout"], json!("hi\n"));
         let changed = json!({"create": ["sh", "-c", "echo bye"]});
-        let plan = provider
-            .plan(PlanRequest {
-                resource: resource.clone(),
-                desired: changed,
-                current: Some(state),
-            })
-            .await;
+        let plan =
+            provider.plan(PlanRequest { resource: resource.clone(), desired: changed, current: Some(state) }).await;
         assert!(matches!(plan.action, PlannedAction::Replace { .. }));
 
         let failing = json!({"create": ["sh", "-c", "echo oops >&2; exit 3"]});
-        let applied = provider
-            .apply(ApplyRequest {
-                resource,
-                desired: failing,
-                current: None,
-                private: Value::Null,
-            })
-            .await;
+        let applied =
+            provider.apply(ApplyRequest { resource, desired: failing, current: None, private: Value::Null }).await;
         assert!(applied.state.is_none());
         assert!(applied.diagnostics[0].summary.contains("failed"));
         assert_eq!(applied.diagnostics[0].detail.as_deref(), Some("oops"));

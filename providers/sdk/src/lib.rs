@@ -77,10 +77,7 @@ impl Diagnostic {
 
     /// A warning with a summary.
     pub fn warning(summary: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(summary)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(summary) }
     }
 
     /// Adds detail.

@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 
 use crate::*;
 
-static STORE: LazyLock<Mutex<HashMap<String, Value>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static STORE: LazyLock<Mutex<HashMap<String, Value>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// What happened, in order, per namespace: `apply ADDRESS` and `delete ADDRESS`.
+static EVENTS: LazyLock<Mutex<Vec<(String, String)>>> = LazyLock::new(|| Mutex::new(Vec::new()));
 /// Apply attempts per key, for `transientFailures`.
-static ATTEMPTS: LazyLock<Mutex<HashMap<String, u64>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static ATTEMPTS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The in-memory provider, named `memory`.
 #[derive(Default)]
@@ -60,21 +60,25 @@ fn outputs(id: &str, spec: &Value) -> Value {
 
 impl MemoryProvider {
     fn key(&self, address: &str) -> String {
-        format!(
-            "{}|{}",
-            self.namespace.get().map(String::as_str).unwrap_or(""),
-            address
-        )
+        format!("{}|{}", self.namespace.get().map(String::as_str).unwrap_or(""), address)
     }
 
     /// Every object of a namespace (for assertions in tests).
     pub fn objects(namespace: &str) -> HashMap<String, Value> {
         let prefix = format!("{namespace}|");
         let store = STORE.lock().unwrap_or_else(|e| e.into_inner());
-        store
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|a| (a.to_string(), v.clone())))
-            .collect()
+        store.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|a| (a.to_string(), v.clone()))).collect()
+    }
+
+    /// The applies and deletes of a namespace, in order (`apply ADDRESS`, `delete ADDRESS`).
+    pub fn events(namespace: &str) -> Vec<String> {
+        let events = EVENTS.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().filter(|(n, _)| n == namespace).map(|(_, e)| e.clone()).collect()
+    }
+
+    fn log(&self, event: String) {
+        let namespace = self.namespace.get().cloned().unwrap_or_default();
+        EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push((namespace, event));
     }
 
     /// Changes an object behind the engine's back (drift, in tests).
@@ -104,29 +108,20 @@ impl Provider for MemoryProvider {
     }
 
     async fn configure(&self, request: ConfigureRequest) -> ConfigureResponse {
-        let namespace = request
-            .config
-            .get("namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let namespace = request.config.get("namespace").and_then(Value::as_str).unwrap_or("");
         let _ = self.namespace.set(namespace.to_string());
         ConfigureResponse::default()
     }
 
     async fn read(&self, request: ReadRequest) -> ReadResponse {
         let store = STORE.lock().unwrap_or_else(|e| e.into_inner());
-        let state = store
-            .get(&self.key(&request.resource.address))
-            .map(|spec| ResourceState {
-                id: request.resource.address.clone(),
-                spec: spec.clone(),
-                outputs: outputs(&request.resource.address, spec),
-                private: Value::Null,
-            });
-        ReadResponse {
-            diagnostics: vec![],
-            state,
-        }
+        let state = store.get(&self.key(&request.resource.address)).map(|spec| ResourceState {
+            id: request.resource.address.clone(),
+            spec: spec.clone(),
+            outputs: outputs(&request.resource.address, spec),
+            private: Value::Null,
+        });
+        ReadResponse { diagnostics: vec![], state }
     }
 
     async fn plan(&self, request: PlanRequest) -> PlanResponse {
@@ -137,22 +132,13 @@ impl Provider for MemoryProvider {
             Some(current) if current.spec == desired => PlannedAction::NoOp,
             Some(current) => {
                 if current.spec.get("immutable") != desired.get("immutable") {
-                    PlannedAction::Replace {
-                        reasons: vec!["`immutable` cannot change in place".into()],
-                    }
+                    PlannedAction::Replace { reasons: vec!["`immutable` cannot change in place".into()] }
                 } else {
-                    PlannedAction::Update {
-                        patch: diff(&current.spec, &desired),
-                    }
+                    PlannedAction::Update { patch: diff(&current.spec, &desired) }
                 }
             }
         };
-        PlanResponse {
-            diagnostics: vec![],
-            action,
-            planned_outputs: outputs(address, &desired),
-            private: Value::Null,
-        }
+        PlanResponse { diagnostics: vec![], action, planned_outputs: outputs(address, &desired), private: Value::Null }
     }
 
     async fn apply(&self, request: ApplyRequest) -> ApplyResponse {
@@ -160,16 +146,9 @@ impl Provider for MemoryProvider {
         let key = self.key(&address);
         let mut store = STORE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(message) = request.desired.get("failApply").and_then(Value::as_str) {
-            return ApplyResponse {
-                diagnostics: vec![Diagnostic::error(message)],
-                state: None,
-            };
+            return ApplyResponse { diagnostics: vec![Diagnostic::error(message)], state: None };
         }
-        let wanted = request
-            .desired
-            .get("transientFailures")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let wanted = request.desired.get("transientFailures").and_then(Value::as_u64).unwrap_or(0);
         let mut attempts = ATTEMPTS.lock().unwrap_or_else(|e| e.into_inner());
         let count = attempts.entry(key.clone()).or_insert(0);
         if *count < wanted {
@@ -181,6 +160,7 @@ impl Provider for MemoryProvider {
         }
         let spec = stored_spec(&request.desired);
         store.insert(key, spec.clone());
+        self.log(format!("apply {address}"));
         ApplyResponse {
             diagnostics: vec![],
             state: Some(ResourceState {
@@ -195,6 +175,7 @@ impl Provider for MemoryProvider {
     async fn delete(&self, request: DeleteRequest) -> DeleteResponse {
         let mut store = STORE.lock().unwrap_or_else(|e| e.into_inner());
         store.remove(&self.key(&request.resource.address));
+        self.log(format!("delete {}", request.resource.address));
         DeleteResponse::default()
     }
 
@@ -211,10 +192,7 @@ impl Provider for MemoryProvider {
                 }),
             },
             None => ImportResponse {
-                diagnostics: vec![Diagnostic::error(format!(
-                    "no object `{}` in memory",
-                    request.id
-                ))],
+                diagnostics: vec![Diagnostic::error(format!("no object `{}` in memory", request.id))],
                 state: None,
             },
         }

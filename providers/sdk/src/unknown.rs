@@ -45,11 +45,7 @@ pub fn references(text: &str) -> Vec<Reference<'_>> {
         };
         let body = &text[body_start..end];
         if let Some((address, field)) = body.split_once('#') {
-            found.push(Reference {
-                range: start..end + CLOSE.len(),
-                address,
-                field,
-            });
+            found.push(Reference { range: start..end + CLOSE.len(), address, field });
         }
         from = end + CLOSE.len();
     }
@@ -124,11 +120,7 @@ mod tests {
 
     #[test]
     fn finds_markers_inside_longer_strings() {
-        let text = format!(
-            "a-{}-b-{}",
-            marker("s/c/t.x/n", "id"),
-            marker("s/c/t.y/m", "ip")
-        );
+        let text = format!("a-{}-b-{}", marker("s/c/t.x/n", "id"), marker("s/c/t.y/m", "ip"));
         let refs = references(&text);
         assert_eq!(refs.len(), 2);
         assert_eq!(refs[0].address, "s/c/t.x/n");
