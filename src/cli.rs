@@ -256,7 +256,8 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             let backend: Arc<dyn state::Backend> = Arc::new(LocalBackend::new(&plan.state.path));
             let _lock = LockGuard::take(backend.clone(), "apply")?;
             let state = engine::read_state(backend.as_ref())?;
-            engine::check_plan_is_current(&plan, state.as_ref())?;
+            engine::check_plan_is_current(&plan, state.as_ref())
+                .map_err(|d| d.at(crate::diagnostics::Location::file(path.display().to_string())))?;
             execute(&plan, state, backend, &registry, walk, &style).await
         }
         Command::Apply { plan: None, auto_approve, walk } => {

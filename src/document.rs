@@ -158,7 +158,16 @@ fn index(
     text: &str,
     spans: &mut HashMap<String, Span>,
 ) {
-    let value = start(text, node.span()).or(key).unwrap_or((0, 0, 0));
+    let mut value = start(text, node.span()).or(key).unwrap_or((0, 0, 0));
+    if let marked_yaml::Node::Scalar(scalar) = node {
+        // A scalar's span has no end: underline its text (and quotes, when the source has them).
+        let quoted = text
+            .lines()
+            .nth(value.0.saturating_sub(1))
+            .and_then(|l| l.chars().nth(value.1.saturating_sub(1)))
+            .is_some_and(|c| c == '"' || c == '\'');
+        value.2 = scalar.as_str().chars().count().max(1) + if quoted { 2 } else { 0 };
+    }
     spans.insert(pointer.clone(), Span { key, value });
     match node {
         marked_yaml::Node::Mapping(map) => {

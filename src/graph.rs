@@ -7,7 +7,7 @@ use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use strata_provider_sdk::unknown;
 
-use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::diagnostics::{Diagnostic, Diagnostics, pointer_to_field};
 use crate::provider::Registry;
 use crate::render::Rendered;
 use crate::stack::Stack;
@@ -43,20 +43,20 @@ impl Graph {
         let mut edges: BTreeSet<(NodeIndex, NodeIndex, EdgeKind)> = BTreeSet::new();
         for (address, resource) in &rendered.resources {
             let to = index[address];
-            for dep in &resource.depends_on {
+            for (i, dep) in resource.depends_on.iter().enumerate() {
                 match index.get(dep) {
                     Some(&from) => {
                         edges.insert((from, to, EdgeKind::Explicit));
                     }
                     None => diags.push(
                         Diagnostic::error(format!("`{address}` depends on `{dep}`, which the stack does not render"))
-                            .at(resource.origin.clone())
-                            .field("dependsOn")
+                            .at(resource.locate(&format!("/dependsOn/{i}")))
+                            .field(format!("dependsOn[{i}]"))
                             .hint("`strata render` lists every address"),
                     ),
                 }
             }
-            unknown::visit_references(&resource.spec, &mut |r| match index.get(r.address) {
+            references_with_pointers(&resource.spec, "/spec".into(), &mut |pointer, r| match index.get(r.address) {
                 Some(&from) => {
                     let target = &rendered.resources[r.address];
                     if let Some(info) = registry.type_info(&target.resource_type)
@@ -67,7 +67,8 @@ impl Graph {
                                 "`{address}` refers to output `{}` of `{}`, which it does not have",
                                 r.field, r.address
                             ))
-                            .at(resource.origin.clone())
+                            .at(resource.locate(&pointer))
+                            .field(pointer_to_field(&pointer))
                             .hint(format!(
                                 "`{}` outputs: {}",
                                 target.resource_type,
@@ -82,7 +83,8 @@ impl Graph {
                         "`{address}` refers to `{}`, which the stack does not render",
                         r.address
                     ))
-                    .at(resource.origin.clone())
+                    .at(resource.locate(&pointer))
+                    .field(pointer_to_field(&pointer))
                     .hint("`strata render` lists every address"),
                 ),
             });
@@ -230,5 +232,31 @@ impl Graph {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// Calls `visit` with the JSON pointer of every string holding a reference, and the reference.
+fn references_with_pointers<'a>(
+    value: &'a serde_json::Value,
+    pointer: String,
+    visit: &mut dyn FnMut(String, unknown::Reference<'a>),
+) {
+    match value {
+        serde_json::Value::String(s) => {
+            for r in unknown::references(s) {
+                visit(pointer.clone(), r);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                references_with_pointers(v, format!("{pointer}/{i}"), visit);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                references_with_pointers(v, format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")), visit);
+            }
+        }
+        _ => {}
     }
 }

@@ -74,6 +74,20 @@ pub struct Resource {
     /// The template that made it.
     #[serde(skip)]
     pub origin: Location,
+    /// The rendered document it came from, to locate its fields in messages.
+    #[serde(skip)]
+    pub doc: Option<Arc<Document>>,
+}
+
+impl Resource {
+    /// Where the field at `pointer` (JSON pointer into the resource document, e.g.
+    /// `/spec/content`) was rendered.
+    pub fn locate(&self, pointer: &str) -> Location {
+        match &self.doc {
+            Some(doc) => doc.locate(pointer),
+            None => self.origin.clone(),
+        }
+    }
 }
 
 fn is_default(l: &Lifecycle) -> bool {
@@ -287,7 +301,7 @@ fn render_instance(
             if doc.value.is_null() {
                 continue;
             }
-            match resource_from(scope, blueprint, component, &doc, &sensitive_values) {
+            match resource_from(scope, blueprint, component, Arc::new(doc), &sensitive_values) {
                 Ok(r) => own.push(r),
                 Err(d) => diags.extend(d),
             }
@@ -479,10 +493,10 @@ fn resource_from(
     scope: &Scope<'_>,
     blueprint: &Blueprint,
     component: &str,
-    doc: &Document,
+    doc: Arc<Document>,
     sensitive_values: &[String],
 ) -> Result<Resource, Vec<Diagnostic>> {
-    let mut diags = RESOURCE.validate(&doc.value, doc, "");
+    let mut diags = RESOURCE.validate(&doc.value, &doc, "");
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -509,7 +523,7 @@ fn resource_from(
             )),
         ),
         Some(info) => {
-            for mut d in info.spec.validate_known(&raw.spec, doc, "/spec") {
+            for mut d in info.spec.validate_known(&raw.spec, &doc, "/spec") {
                 d.detail = Some(format!("schema of `{}` ({})", raw.resource_type, blueprint.id()));
                 diags.push(d);
             }
@@ -550,7 +564,8 @@ fn resource_from(
         depends_on,
         lifecycle: raw.lifecycle,
         sensitive,
-        origin: doc.locate(""),
+        origin: doc.locate("/name"),
+        doc: Some(doc),
     })
 }
 

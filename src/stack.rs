@@ -112,6 +112,15 @@ pub const DEFAULT_STATE_PATH: &str = ".strata/state.json";
 impl Stack {
     /// Loads and validates a stack file (schema, then references between its parts).
     pub fn load(path: &Path) -> Result<Stack, Diagnostics> {
+        let stack = Stack::parse(path)?;
+        let mut diags = Diagnostics::new();
+        stack.check_references(&mut diags);
+        diags.into_result(stack)
+    }
+
+    /// Loads a stack file and checks it against the schema only; [`Stack::check`] checks the
+    /// references between its parts.
+    pub fn parse(path: &Path) -> Result<Stack, Diagnostics> {
         let doc = Document::load(path)?;
         let mut diags = Diagnostics::new();
         diags.extend(schema::STACK.validate(&doc.value, &doc, ""));
@@ -126,7 +135,12 @@ impl Stack {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let catalog = raw.catalog.unwrap_or_else(|| vec!["./blueprints".into()]).iter().map(|c| dir.join(c)).collect();
+        let catalog = raw
+            .catalog
+            .unwrap_or_else(|| vec!["./blueprints".into()])
+            .iter()
+            .map(|c| normalize(&dir.join(c)))
+            .collect();
         let state = match raw.state {
             Some(s) => {
                 StateConfig { backend: s.backend, path: dir.join(s.path.as_deref().unwrap_or(DEFAULT_STATE_PATH)) }
@@ -137,9 +151,14 @@ impl Stack {
         for (i, c) in components.iter_mut().enumerate() {
             c.index = i;
         }
-        let stack = Stack { name, dir, catalog, state, sites: raw.sites, components, doc };
-        stack.check_references(&mut diags);
-        diags.into_result(stack)
+        Ok(Stack { name, dir, catalog, state, sites: raw.sites, components, doc })
+    }
+
+    /// The problems between the stack's parts (unknown sites and components, duplicates).
+    pub fn check(&self) -> Vec<Diagnostic> {
+        let mut diags = Diagnostics::new();
+        self.check_references(&mut diags);
+        diags.0
     }
 
     fn check_references(&self, diags: &mut Diagnostics) {
@@ -210,4 +229,11 @@ impl Stack {
             (None, None) => vec![],
         }
     }
+}
+
+/// Drops `.` components (`stack/./blueprints` → `stack/blueprints`), without touching the
+/// filesystem.
+pub fn normalize(path: &Path) -> PathBuf {
+    let normalized: PathBuf = path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    if normalized.as_os_str().is_empty() { PathBuf::from(".") } else { normalized }
 }
