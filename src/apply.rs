@@ -19,7 +19,7 @@ use strata_provider_sdk::{
 use crate::diagnostics::Diagnostic;
 use crate::plan::{Action, Change, Plan, keep_ignored, lookup_field};
 use crate::provider::ConfiguredSite;
-use crate::state::{Backend, Intent, ResourceRecord, State};
+use crate::state::{Backend, COMPACT_EVERY, Intent, ResourceRecord, State, StateChange};
 use crate::walk::{self, Limits, Node, Outcome};
 
 /// Retries of a transient provider error, after the first attempt.
@@ -73,15 +73,28 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn update(&self, change: impl FnOnce(&mut State)) -> Result<(), Diagnostic> {
+    /// Applies a change and records it durably before returning.
+    fn record(&self, change: StateChange) -> Result<(), Vec<Diagnostic>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut state);
-        state.serial += 1;
-        self.backend.write(&state).map_err(|e| {
-            Diagnostic::error(format!("cannot write the state: {e}"))
-                .detail(std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
-                .hint("the change was made but may not be recorded; fix the cause and apply again: strata reads the live state first")
-        })
+        change.apply_to(&mut state);
+        let result = if state.serial % COMPACT_EVERY == 0 {
+            self.backend.write(&state)
+        } else {
+            self.backend.record(&change, &state)
+        };
+        result.map_err(|e| vec![Self::error(e)])
+    }
+
+    /// Writes the whole state (compacting any journal).
+    fn flush(&self) -> Result<(), Diagnostic> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.backend.write(&state).map_err(Self::error)
+    }
+
+    fn error(e: crate::state::Error) -> Diagnostic {
+        Diagnostic::error(format!("cannot write the state: {e}"))
+            .detail(std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+            .hint("the change was made but may not be recorded; fix the cause and apply again: strata reads the live state first")
     }
 }
 
@@ -181,6 +194,9 @@ pub async fn apply(
     }
     report.resources.sort_by(|a, b| a.address.cmp(&b.address));
     report.elapsed = started.elapsed();
+    if let Err(d) = recorder.flush() {
+        report.errors.push(d);
+    }
     let state = recorder.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
     (report, state)
 }
@@ -200,6 +216,12 @@ fn convert(
     let failed = strata_provider_sdk::has_errors(&diagnostics);
     let converted = diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
     if failed { Err(converted) } else { Ok(converted) }
+}
+
+fn log_warnings(warnings: Vec<Diagnostic>) {
+    for w in warnings {
+        tracing::warn!("{}", w.summary);
+    }
 }
 
 fn now() -> String {
@@ -258,7 +280,6 @@ async fn apply_one(
     let publish = |values: &Value| {
         outputs.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), values.clone());
     };
-    let mut warnings = Vec::new();
 
     if change.action == Action::NoOp {
         publish(&change.planned_outputs);
@@ -266,11 +287,7 @@ async fn apply_one(
     }
     if change.action == Action::Delete {
         let Some(current) = change.current.clone() else {
-            recorder
-                .update(|s| {
-                    s.resources.remove(address);
-                })
-                .map_err(|d| vec![d])?;
+            recorder.record(StateChange::Remove { address: address.clone() })?;
             return Ok(());
         };
         let response = with_retries(
@@ -279,11 +296,7 @@ async fn apply_one(
         )
         .await;
         convert(address, response.diagnostics)?;
-        recorder
-            .update(|s| {
-                s.resources.remove(address);
-            })
-            .map_err(|d| vec![d])?;
+        recorder.record(StateChange::Remove { address: address.clone() })?;
         return Ok(());
     }
 
@@ -309,7 +322,7 @@ async fn apply_one(
     let read = provider
         .read(ReadRequest { resource: resource_of(change), spec: desired.clone(), prior: change.current.clone() })
         .await;
-    warnings.extend(convert(address, read.diagnostics)?);
+    log_warnings(convert(address, read.diagnostics)?);
     let current = read.state;
     if let Some(current) = &current
         && !change.lifecycle.ignore_changes.is_empty()
@@ -319,7 +332,7 @@ async fn apply_one(
     let replanned = provider
         .plan(PlanRequest { resource: resource_of(change), desired: desired.clone(), current: current.clone() })
         .await;
-    warnings.extend(convert(address, replanned.diagnostics)?);
+    log_warnings(convert(address, replanned.diagnostics)?);
     let stale = |now: &str| {
         vec![
             Diagnostic::error(
@@ -338,12 +351,7 @@ async fn apply_one(
             if let Some(current) = current {
                 publish(&current.outputs);
                 let record = record_of(change, desired, current);
-                recorder
-                    .update(|s| {
-                        s.intents.remove(address);
-                        s.resources.insert(address.clone(), record);
-                    })
-                    .map_err(|d| vec![d])?;
+                recorder.record(StateChange::Put { address: address.clone(), record: Box::new(record) })?;
             }
             return Ok(());
         }
@@ -364,23 +372,15 @@ async fn apply_one(
             )
             .await;
             convert(address, response.diagnostics)?;
-            recorder
-                .update(|s| {
-                    s.resources.remove(address);
-                })
-                .map_err(|d| vec![d])?;
+            recorder.record(StateChange::Remove { address: address.clone() })?;
         }
     }
     let creating = current.is_none() || replace;
     if creating {
-        recorder
-            .update(|s| {
-                s.intents.insert(
-                    address.clone(),
-                    Intent { action: if replace { "replace" } else { "create" }.into(), since: now() },
-                );
-            })
-            .map_err(|d| vec![d])?;
+        recorder.record(StateChange::Intend {
+            address: address.clone(),
+            intent: Intent { action: if replace { "replace" } else { "create" }.into(), since: now() },
+        })?;
     }
     let response: ApplyResponse = with_retries(
         || {
@@ -400,12 +400,7 @@ async fn apply_one(
             publish(&new_state.outputs);
             let new_id = new_state.id.clone();
             let record = record_of(change, desired, new_state);
-            recorder
-                .update(|s| {
-                    s.intents.remove(address);
-                    s.resources.insert(address.clone(), record);
-                })
-                .map_err(|d| vec![d])?;
+            recorder.record(StateChange::Put { address: address.clone(), record: Box::new(record) })?;
             if create_first
                 && result.is_ok()
                 && let Some(old) = current.filter(|old| old.id != new_id)
@@ -420,11 +415,7 @@ async fn apply_one(
         }
         (None, _) if creating => {
             // Nothing was made: the intent is void.
-            recorder
-                .update(|s| {
-                    s.intents.remove(address);
-                })
-                .map_err(|d| vec![d])?;
+            recorder.record(StateChange::Forget { address: address.clone() })?;
         }
         (None, _) => {}
     }
