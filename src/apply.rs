@@ -283,6 +283,15 @@ async fn apply_one(
 
     if change.action == Action::NoOp {
         publish(&change.planned_outputs);
+        if change.refresh_record
+            && let Some(current) = change.current.clone()
+        {
+            let mut spec = change.after.clone().unwrap_or(Value::Null);
+            let known = outputs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            unknown::resolve(&mut spec, &|target, field| lookup_field(known.get(target)?, field).cloned());
+            let record = record_of(change, spec, current);
+            recorder.record(StateChange::Put { address: address.clone(), record: Box::new(record) })?;
+        }
         return Ok(());
     }
     if change.action == Action::Delete {

@@ -53,6 +53,23 @@ impl Blueprint {
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
+
+    /// Whether resources made by version `from` may be changed in place by this version:
+    /// when `upgradeFrom` is given, `from` must match one of its ranges; without it, any
+    /// earlier version of the same major may. The same version always may.
+    pub fn may_upgrade_from(&self, from: &Version) -> bool {
+        if from == &self.version {
+            return true;
+        }
+        if from > &self.version {
+            return false;
+        }
+        if self.upgrade_from.is_empty() {
+            from.major == self.version.major
+        } else {
+            self.upgrade_from.iter().any(|range| range.matches(from))
+        }
+    }
 }
 
 /// One entry of `spec.uses`.
@@ -85,6 +102,11 @@ impl BlueprintRef {
     pub fn parse(text: &str) -> Result<BlueprintRef, String> {
         match text.split_once('@') {
             None => Ok(BlueprintRef { name: text.to_string(), range: VersionReq::STAR }),
+            // A full version alone pins it exactly (as Terraform and npm read it); Cargo would
+            // read `1.2.0` as `^1.2.0`.
+            Some((name, range)) if Version::parse(range).is_ok() => VersionReq::parse(&format!("={range}"))
+                .map(|range| BlueprintRef { name: name.to_string(), range })
+                .map_err(|e| format!("`{range}` is not a version range: {e}")),
             Some((name, range)) => VersionReq::parse(range)
                 .map(|range| BlueprintRef { name: name.to_string(), range })
                 .map_err(|e| format!("`{range}` is not a version range: {e}")),
@@ -306,5 +328,8 @@ mod tests {
         assert!(!r.range.matches(&Version::new(2, 0, 0)));
         assert_eq!(BlueprintRef::parse("x").unwrap().range, VersionReq::STAR);
         assert!(BlueprintRef::parse("x@not a range").is_err());
+        let exact = BlueprintRef::parse("x@1.2.0").unwrap();
+        assert!(exact.range.matches(&Version::new(1, 2, 0)));
+        assert!(!exact.range.matches(&Version::new(1, 2, 1)));
     }
 }

@@ -114,6 +114,13 @@ pub enum Command {
     Catalog(CatalogCommand),
     /// List the providers and their resource types.
     Providers,
+    /// Take an existing object under management at an address the stack renders.
+    Import {
+        /// `site/component/type/name`, as `strata render` lists it.
+        address: String,
+        /// The provider's id of the object (for `local.file`: its path).
+        id: String,
+    },
     /// Remove a stale state lock.
     ForceUnlock {
         /// The lock id that the lock error printed.
@@ -147,7 +154,15 @@ pub enum CatalogCommand {
 
 /// Parses the command line, runs it, and maps the result to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Exit code 2 means "changes present" (`plan --detailed-exitcode`): a usage
+            // error is a plain error.
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     init_logging(cli.verbose);
     let color = !cli.no_color && Style::detect(std::io::stderr().is_terminal()).color;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -219,7 +234,15 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
         Command::Render { json } => {
             let loaded = engine::load(&cli.stack, &registry)?;
             if *json {
-                print_json(&serde_json::to_value(&loaded.rendered).unwrap_or_default());
+                let mut value = serde_json::to_value(&loaded.rendered).unwrap_or_default();
+                for (address, r) in &loaded.rendered.resources {
+                    if let Some(spec) =
+                        value.pointer_mut(&format!("/resources/{}/spec", address.replace('~', "~0").replace('/', "~1")))
+                    {
+                        *spec = output::display_value(&r.spec, "", &r.sensitive);
+                    }
+                }
+                print_json(&value);
             } else {
                 print(&output::render_yaml(&loaded.rendered));
             }
@@ -346,6 +369,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             print(&text);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import { address, id } => import(&cli, &registry, address, id).await,
         Command::ForceUnlock { id } => {
             let stack = Stack::load(&cli.stack)?;
             let backend = LocalBackend::new(stack.state.path.clone());
@@ -354,6 +378,63 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn import(cli: &Cli, registry: &Registry, address: &str, id: &str) -> Result<ExitCode, Diagnostics> {
+    let loaded = engine::load(&cli.stack, registry)?;
+    let resource = loaded.rendered.resources.get(address).ok_or_else(|| {
+        Diagnostic::error(format!("the stack renders no resource at `{address}`"))
+            .hint("add it to a blueprint first; `strata render` lists every address")
+    })?;
+    let backend = engine::backend(&loaded.stack);
+    let _lock = LockGuard::take(backend.clone(), "import")?;
+    let mut state = engine::read_state(backend.as_ref())?.unwrap_or_else(|| state::State::new(&loaded.stack.name));
+    if let Some(record) = state.resources.get(address) {
+        return Err(Diagnostic::error(format!("`{address}` is already managed (id `{}`)", record.id))
+            .hint("`strata state show ADDRESS` shows it")
+            .into());
+    }
+    let mut connections = engine::connections(&loaded.stack);
+    connections.retain(|name, _| name == &resource.site);
+    let sites = engine::configure(registry, &loaded.stack.name, &connections).await?;
+    let site = &sites[&resource.site];
+    let response = site
+        .provider
+        .import(strata_provider_sdk::ImportRequest {
+            resource: strata_provider_sdk::ResourceAddress {
+                address: address.to_string(),
+                resource_type: resource.resource_type.clone(),
+                name: resource.name.clone(),
+            },
+            id: id.to_string(),
+        })
+        .await;
+    let failed = strata_provider_sdk::has_errors(&response.diagnostics);
+    let diags: Vec<Diagnostic> =
+        response.diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
+    let imported = match response.state {
+        Some(imported) if !failed => imported,
+        _ => return Err(Diagnostics(diags)),
+    };
+    let record = state::ResourceRecord {
+        resource_type: resource.resource_type.clone(),
+        site: resource.site.clone(),
+        component: resource.component.clone(),
+        name: resource.name.clone(),
+        blueprint: resource.blueprint.clone(),
+        id: imported.id.clone(),
+        // What exists is what was "last applied": the next plan shows how it differs.
+        spec: imported.spec,
+        outputs: imported.outputs,
+        private: imported.private,
+        depends_on: loaded.graph.dependencies(address).into_iter().map(String::from).collect(),
+        lifecycle: resource.lifecycle.clone(),
+        sensitive: resource.sensitive.clone(),
+    };
+    state::StateChange::Put { address: address.to_string(), record: Box::new(record) }.apply_to(&mut state);
+    backend.write(&state).map_err(engine::state_error)?;
+    print(&format!("Imported {address} (id {}). `strata plan` shows how it differs from the stack.\n", imported.id));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn short(value: &serde_json::Value) -> String {
@@ -401,6 +482,14 @@ async fn converge(
     let plan = engine::plan(&loaded, state.as_ref(), &sites, operation, &limits).await?;
     print(&output::plan_human(&plan, style));
     if !plan.has_changes() {
+        if plan.record_refreshes() > 0 {
+            // Only the state's records change: nothing to confirm on the sites.
+            let (report, _) = engine::apply(&plan, state, backend, &sites, &limits, Arc::new(output::NoProgress)).await;
+            if !report.success() {
+                return finish(report, style);
+            }
+            print(&format!("Recorded {} resources in the state again.\n", plan.record_refreshes()));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if !auto_approve && !confirm(verb)? {

@@ -154,6 +154,61 @@ pub fn limits(parallelism: usize, sites: &HashMap<String, ConfiguredSite>) -> Li
     limits
 }
 
+/// Refuses to change resources in place with a blueprint version that may not upgrade the
+/// version that made them (`upgradeFrom`), and downgrades.
+pub fn check_upgrades(loaded: &Loaded, state: &State) -> Vec<Diagnostic> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for instance in &loaded.rendered.instances {
+        let Some(blueprint) = loaded.catalog.blueprints.iter().find(|b| b.id() == instance.blueprint) else { continue };
+        for address in &instance.resources {
+            let Some(record) = state.resources.get(address) else { continue };
+            let Some((name, version)) = record.blueprint.split_once('@') else { continue };
+            let Ok(version) = semver::Version::parse(version) else { continue };
+            if name != blueprint.name || blueprint.may_upgrade_from(&version) {
+                continue;
+            }
+            if !seen.insert((instance.site.clone(), instance.component.clone())) {
+                continue;
+            }
+            let (what, hint) = if version > blueprint.version {
+                (
+                    "a downgrade",
+                    "pin the version the resources were made with (`@=VERSION`) in the component's `blueprint`"
+                        .to_string(),
+                )
+            } else {
+                (
+                    "not an upgrade this version allows in place",
+                    match blueprint.upgrade_from.is_empty() {
+                        true => format!(
+                            "{} changes the major version; upgrade through a version whose `upgradeFrom` allows {version}",
+                            blueprint.version
+                        ),
+                        false => format!(
+                            "`upgradeFrom` of {} allows: {}; upgrade through an allowed version first",
+                            blueprint.id(),
+                            blueprint.upgrade_from.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
+                        ),
+                    },
+                )
+            };
+            out.push(
+                Diagnostic::error(format!(
+                    "component `{}` on `{}`: {} → {} is {what}",
+                    instance.component,
+                    instance.site,
+                    record.blueprint,
+                    blueprint.id()
+                ))
+                .at(blueprint.doc.locate("/spec/upgradeFrom"))
+                .hint(hint),
+            );
+        }
+    }
+    out
+}
+
 /// Plans the loaded stack against `state`.
 pub async fn plan(
     loaded: &Loaded,
@@ -162,6 +217,14 @@ pub async fn plan(
     operation: Operation,
     limits: &Limits,
 ) -> Result<Plan, Diagnostics> {
+    if operation == Operation::Apply
+        && let Some(state) = state
+    {
+        let problems = check_upgrades(loaded, state);
+        if !problems.is_empty() {
+            return Err(Diagnostics(problems));
+        }
+    }
     let connections = connections(&loaded.stack);
     plan::make_plan(PlanInput {
         stack: &loaded.stack.name,

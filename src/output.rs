@@ -157,6 +157,12 @@ pub fn plan_human(plan: &Plan, style: &Style) -> String {
     let (total, sites) = plan.counts();
     if !total.any() {
         out.push_str(&format!("No changes. The sites match the stack ({} resources up to date).\n", total.unchanged));
+        let refreshes = plan.record_refreshes();
+        if refreshes > 0 {
+            out.push_str(&format!(
+                "{refreshes} resources will be recorded in the state again (left by an interrupted run, or their lifecycle or dependencies changed).\n"
+            ));
+        }
         return out;
     }
     out.push_str("strata will perform these actions:\n\n");

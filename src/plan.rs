@@ -106,6 +106,11 @@ pub struct Change {
     /// The provider's private data for apply.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub private: Value,
+    /// For a no-op: the state's record of it is missing (an interrupted create left it
+    /// behind) or outdated (its lifecycle, dependencies or blueprint changed), so apply
+    /// records it again without touching the site.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refresh_record: bool,
 }
 
 /// The state a plan was made against.
@@ -174,9 +179,14 @@ impl Counts {
 }
 
 impl Plan {
-    /// True when applying it changes something.
+    /// True when applying it changes something on a site.
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action != Action::NoOp)
+    }
+
+    /// How many no-op resources only need their state record written again.
+    pub fn record_refreshes(&self) -> usize {
+        self.changes.iter().filter(|c| c.refresh_record).count()
     }
 
     /// Counts overall and per site.
@@ -364,6 +374,17 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
     if diags.has_errors() {
         return Err(diags);
     }
+    for change in changes.iter_mut().filter(|c| c.action == Action::NoOp) {
+        change.refresh_record = match state.resources.get(&change.address) {
+            None => change.current.is_some(),
+            Some(record) => {
+                record.lifecycle != change.lifecycle
+                    || record.depends_on != change.depends_on
+                    || record.blueprint != change.blueprint
+                    || record.sensitive != change.sensitive
+            }
+        };
+    }
     changes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(Plan {
         format: PLAN_FORMAT.into(),
@@ -372,7 +393,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         state: StateRef {
             lineage: input.state.map(|s| s.lineage.clone()),
             serial: input.state.map(|s| s.serial).unwrap_or(0),
-            path: input.state_path,
+            path: std::path::absolute(&input.state_path).map(|p| p.display().to_string()).unwrap_or(input.state_path),
         },
         sites: input.connections.clone(),
         changes,
@@ -470,6 +491,7 @@ async fn plan_one(
             // Delete what was recorded when it can no longer be read.
             current: current.or_else(|| item.prior.clone()),
             private: Value::Null,
+            refresh_record: false,
         });
     };
     if let Some(current) = &current
@@ -513,6 +535,7 @@ async fn plan_one(
         sensitive: item.sensitive.clone(),
         current,
         private: planned.private,
+        refresh_record: false,
     })
 }
 

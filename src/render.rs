@@ -123,6 +123,8 @@ pub struct Rendered {
 struct ValuesOrigin<'a> {
     doc: &'a Document,
     pointer: String,
+    /// Sensitive values of the parents: they stay sensitive wherever they are passed.
+    secrets: Vec<String>,
 }
 
 struct Scope<'a> {
@@ -152,7 +154,7 @@ pub fn render_stack(stack: &Stack, catalog: &Catalog, registry: &Registry) -> Re
         };
         for site in stack.sites_of(component) {
             let scope = Scope { stack, catalog, registry, site };
-            let origin = ValuesOrigin { doc: &stack.doc, pointer: format!("{at}/values") };
+            let origin = ValuesOrigin { doc: &stack.doc, pointer: format!("{at}/values"), secrets: vec![] };
             let mut instances = Vec::new();
             match render_instance(
                 &scope,
@@ -210,12 +212,13 @@ fn render_instance(
     if diags.has_errors() {
         return Err(diags);
     }
-    let sensitive_values: Vec<String> = schema::write_only_fields(&blueprint.inputs)
+    let mut sensitive_values: Vec<String> = schema::write_only_fields(&blueprint.inputs)
         .iter()
         .filter_map(|f| values.get(f).and_then(Value::as_str))
         .filter(|v| !v.is_empty())
         .map(String::from)
         .collect();
+    sensitive_values.extend(origin.secrets.iter().cloned());
 
     let env = environment(blueprint);
     let mut context = json!({
@@ -259,7 +262,8 @@ fn render_instance(
             }
         };
         let child_component = format!("{component}.{}", child_use.name);
-        let child_origin = ValuesOrigin { doc: &blueprint.doc, pointer: format!("{at}/values") };
+        let child_origin =
+            ValuesOrigin { doc: &blueprint.doc, pointer: format!("{at}/values"), secrets: sensitive_values.clone() };
         match render_instance(scope, &child, &child_component, child_values, &child_origin, depth + 1, instances) {
             Ok(child_resources) => {
                 let outputs = instances.last().map(|i| i.outputs.clone()).unwrap_or(Value::Null);

@@ -292,3 +292,31 @@ fn catalog_and_graph_commands() {
     assert!(graph.status.success());
     insta::assert_snapshot!("graph", stdout(&graph));
 }
+
+#[test]
+fn import_takes_an_existing_file_under_management() {
+    let q = Quickstart::new();
+    std::fs::create_dir_all(q.root().join("out/gpu-1")).unwrap();
+    std::fs::write(q.root().join("out/gpu-1/motd"), "hand made\n").unwrap();
+    let missing = q.strata(&["import", "lab/base/local.file/nope", "out/x"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("renders no resource at `lab/base/local.file/nope`"), "{}", stderr(&missing));
+    let imported = q.strata(&["import", "lab/base/local.file/gpu-1-motd", "out/gpu-1/motd"]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let plan = q.strata(&["plan", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let change =
+        value["changes"].as_array().unwrap().iter().find(|c| c["address"] == "lab/base/local.file/gpu-1-motd").unwrap();
+    assert_eq!(change["action"], "update");
+    assert_eq!(change["before"]["content"], "hand made\n");
+    let again = q.strata(&["import", "lab/base/local.file/gpu-1-motd", "out/gpu-1/motd"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("is already managed"), "{}", stderr(&again));
+}
+
+#[test]
+fn usage_errors_exit_1_not_2() {
+    let q = Quickstart::new();
+    let out = q.strata(&["plan", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -255,3 +255,77 @@ async fn a_saved_plan_is_refused_once_the_state_moved() {
     let err = engine::check_plan_is_current(&plan, f.backend().read().unwrap().as_ref()).unwrap_err();
     assert!(err.summary.contains("state changed since the plan was made"), "{err}");
 }
+
+#[tokio::test]
+async fn an_interrupted_create_is_adopted_not_made_twice() {
+    let f = Fixture::new("adopt");
+    f.objects(json!([{"name": "a"}]));
+    assert!(f.apply(Operation::Apply).await.0.success());
+    // As if the process died after the provider made `a` and before the state recorded it.
+    let mut state = f.backend().read().unwrap().unwrap();
+    let record = state.resources.remove("mem/app/memory.object/a").unwrap();
+    state.intents.insert(
+        "mem/app/memory.object/a".into(),
+        strata::state::Intent { action: "create".into(), since: "2026-12-04T00:00:00Z".into() },
+    );
+    f.backend().write(&state).unwrap();
+
+    let plan = f.plan(Operation::Apply).await.unwrap();
+    assert!(!plan.has_changes());
+    assert_eq!(plan.record_refreshes(), 1);
+    assert!(plan.warnings[0].contains("was interrupted"), "{:?}", plan.warnings);
+    let (report, state) = f.apply(Operation::Apply).await;
+    assert!(report.success());
+    assert!(state.intents.is_empty());
+    assert_eq!(state.resources["mem/app/memory.object/a"].id, record.id);
+    let events = MemoryProvider::events("adopt");
+    assert_eq!(events.iter().filter(|e| *e == "apply mem/app/memory.object/a").count(), 1, "{events:?}");
+    assert_eq!(f.plan(Operation::Apply).await.unwrap().record_refreshes(), 0);
+}
+
+#[tokio::test]
+async fn removing_prevent_destroy_from_the_template_takes_effect() {
+    let f = Fixture::new("unprevent");
+    f.objects(json!([{"name": "precious", "lifecycle": {"preventDestroy": true}}]));
+    assert!(f.apply(Operation::Apply).await.0.success());
+    assert!(f.plan(Operation::Destroy).await.is_err());
+    f.objects(json!([{"name": "precious"}]));
+    let plan = f.plan(Operation::Apply).await.unwrap();
+    assert!(!plan.has_changes());
+    assert_eq!(plan.record_refreshes(), 1);
+    assert!(f.apply(Operation::Apply).await.0.success());
+    let (report, state) = f.apply(Operation::Destroy).await;
+    assert!(report.success());
+    assert!(state.resources.is_empty());
+}
+
+#[tokio::test]
+async fn a_blueprint_upgrade_outside_upgrade_from_is_refused() {
+    let f = Fixture::new("upgrade");
+    f.objects(json!([{"name": "a"}]));
+    assert!(f.apply(Operation::Apply).await.0.success());
+    let root = f.stack.parent().unwrap();
+    let v2 = root.join("blueprints/objects-2/templates");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(
+        root.join("blueprints/objects-2/blueprint.yaml"),
+        BLUEPRINT
+            .replace("version: 1.0.0", "version: 2.0.0")
+            .replace("spec:\n", "spec:\n  upgradeFrom: [\">=1.5.0, <2.0.0\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(v2.join("objects.yaml.j2"), TEMPLATE).unwrap();
+    let err = f.plan(Operation::Apply).await.unwrap_err().render(false);
+    assert!(err.contains("objects@1.0.0 → objects@2.0.0 is not an upgrade this version allows in place"), "{err}");
+    assert!(err.contains(">=1.5.0, <2.0.0"), "{err}");
+    // Allowing 1.x makes it an in-place upgrade, recorded with the new version.
+    std::fs::write(
+        root.join("blueprints/objects-2/blueprint.yaml"),
+        BLUEPRINT.replace("version: 1.0.0", "version: 2.0.0").replace("spec:\n", "spec:\n  upgradeFrom: [\"^1\"]\n"),
+    )
+    .unwrap();
+    let plan = f.plan(Operation::Apply).await.unwrap();
+    assert_eq!(plan.record_refreshes(), 1);
+    let (_, state) = f.apply(Operation::Apply).await;
+    assert_eq!(state.resources["mem/app/memory.object/a"].blueprint, "objects@2.0.0");
+}

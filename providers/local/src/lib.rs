@@ -82,8 +82,11 @@ impl LocalProvider {
         };
         // The live spec keeps the path as the user wrote it, so that an unchanged path
         // does not show as a change.
-        let shown_path =
-            prior.and_then(|p| str_field(&p.spec, "path").map(String::from)).unwrap_or_else(|| path.clone());
+        let shown_path = str_field(spec, "path")
+            .filter(|p| self.absolute(p) == absolute)
+            .or_else(|| prior.and_then(|p| str_field(&p.spec, "path")))
+            .unwrap_or(&path)
+            .to_string();
         let mut live = json!({"path": shown_path, "content": content});
         if spec.get("mode").is_some() || prior.is_some_and(|p| p.spec.get("mode").is_some()) {
             use std::os::unix::fs::PermissionsExt;
@@ -125,7 +128,10 @@ impl LocalProvider {
         });
         let action = match &request.current {
             None => PlannedAction::Create,
-            Some(current) if str_field(&current.spec, "path") != Some(path) => {
+            Some(current)
+                if !unknown::is_unknown_str(path)
+                    && str_field(&current.spec, "path").map(|p| self.absolute(p)) != Some(self.absolute(path)) =>
+            {
                 PlannedAction::Replace { reasons: vec!["`path` cannot change in place".into()] }
             }
             Some(current) if &current.spec == desired => PlannedAction::NoOp,
