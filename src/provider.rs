@@ -41,7 +41,7 @@ impl Registry {
 
     /// The providers shipped with strata.
     pub fn builtin() -> Registry {
-        Registry::empty().with(strata_provider_local::factory)
+        Registry::empty().with(strata_provider_local::factory).with(strata_provider_baremetal::factory)
     }
 
     /// Adds a provider.
