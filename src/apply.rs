@@ -22,6 +22,9 @@ use crate::provider::ConfiguredSite;
 use crate::state::{Backend, COMPACT_EVERY, Intent, ResourceRecord, State, StateChange};
 use crate::walk::{self, Limits, Node, Outcome};
 
+/// Suffix of the address under which a replaced object waits for its deletion.
+pub const DEPOSED: &str = "#deposed";
+
 /// Retries of a transient provider error, after the first attempt.
 const RETRIES: u32 = 3;
 
@@ -85,6 +88,11 @@ impl Recorder {
         result.map_err(|e| vec![Self::error(e)])
     }
 
+    /// The record at `address`, if any.
+    fn get(&self, address: &str) -> Option<ResourceRecord> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).resources.get(address).cloned()
+    }
+
     /// Writes the whole state (compacting any journal).
     fn flush(&self) -> Result<(), Diagnostic> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -137,6 +145,8 @@ pub async fn apply(
     }
 
     let recorder = Arc::new(Recorder { state: Mutex::new(state), backend });
+    // Start from a compacted state: the journal then holds only this run's changes.
+    let early = recorder.flush().err();
     let outputs: Arc<Mutex<HashMap<String, Value>>> = Arc::new(Mutex::new(HashMap::new()));
     let reports: Arc<Mutex<Vec<Option<ResourceReport>>>> = Arc::new(Mutex::new(vec![None; changes.len()]));
     let outcomes = walk::walk(&nodes, limits, |i| {
@@ -156,6 +166,10 @@ pub async fn apply(
                 Some(site) => apply_one(change, &site, &recorder, &outputs).await,
                 None => Err(vec![Diagnostic::error(format!("site `{}` is not configured", change.site))]),
             };
+            // Provider messages may quote what they were given: sensitive values never show.
+            let secrets =
+                crate::diagnostics::secrets_at(change.after.as_ref().or(change.before.as_ref()), &change.sensitive);
+            let result = result.map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect::<Vec<_>>());
             let ok = result.is_ok();
             let report = ResourceReport {
                 address: change.address.clone(),
@@ -175,6 +189,7 @@ pub async fn apply(
 
     let mut reports = std::mem::take(&mut *reports.lock().unwrap_or_else(|e| e.into_inner()));
     let mut report = Report::default();
+    report.errors.extend(early);
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let entry = reports[i].take().unwrap_or_else(|| ResourceReport {
             address: changes[i].address.clone(),
@@ -188,7 +203,8 @@ pub async fn apply(
         {
             progress.finished(&entry);
         }
-        if changes[i].action != Action::NoOp || entry.outcome != Outcome::Done {
+        // Unchanged resources appear only when recording them failed.
+        if changes[i].action != Action::NoOp || entry.outcome == Outcome::Failed {
             report.resources.push(entry);
         }
     }
@@ -367,6 +383,8 @@ async fn apply_one(
         (_, PlannedAction::Create) => false,
         (Action::Update, PlannedAction::Update { .. }) => false,
         (Action::Replace, PlannedAction::Replace { .. }) => true,
+        // A replacement planned on an unknown value that turned out unchanged: update.
+        (Action::Replace, PlannedAction::Update { .. }) => false,
         (_, PlannedAction::Update { .. }) => return Err(stale("an update")),
         (_, PlannedAction::Replace { .. }) => return Err(stale("a replacement")),
     };
@@ -383,6 +401,13 @@ async fn apply_one(
             convert(address, response.diagnostics)?;
             recorder.record(StateChange::Remove { address: address.clone() })?;
         }
+    }
+    // Create-before-destroy: until the old object is gone, the state keeps it as
+    // `ADDRESS#deposed`, so a failed or interrupted delete leaves it on record (the next
+    // plan deletes it) instead of orphaned.
+    let deposed = format!("{address}{DEPOSED}");
+    if create_first && let Some(old_record) = recorder.get(address) {
+        recorder.record(StateChange::Put { address: deposed.clone(), record: Box::new(old_record) })?;
     }
     let creating = current.is_none() || replace;
     if creating {
@@ -410,16 +435,18 @@ async fn apply_one(
             let new_id = new_state.id.clone();
             let record = record_of(change, desired, new_state);
             recorder.record(StateChange::Put { address: address.clone(), record: Box::new(record) })?;
-            if create_first
-                && result.is_ok()
-                && let Some(old) = current.filter(|old| old.id != new_id)
-            {
-                let response = with_retries(
-                    || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
-                    |r| &r.diagnostics,
-                )
-                .await;
-                convert(address, response.diagnostics)?;
+            if create_first && result.is_ok() {
+                if let Some(old) = current.filter(|old| old.id != new_id) {
+                    let response = with_retries(
+                        || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
+                        |r| &r.diagnostics,
+                    )
+                    .await;
+                    convert(address, response.diagnostics)?;
+                }
+                if recorder.get(&deposed).is_some() {
+                    recorder.record(StateChange::Remove { address: deposed })?;
+                }
             }
         }
         (None, _) if creating => {

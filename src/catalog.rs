@@ -136,17 +136,19 @@ struct RawSpec {
 }
 
 impl Catalog {
-    /// Loads every blueprint under `folders`. A missing folder is an error only when
-    /// `required` is set (the stack named it).
-    pub fn load(folders: &[PathBuf], required: bool) -> Result<Catalog, Diagnostics> {
+    /// Loads every blueprint under `folders`. A missing folder is an error only when the
+    /// stack named it in `spec.catalog` (`named_in` is then the stack document).
+    pub fn load(folders: &[PathBuf], named_in: Option<&Document>) -> Result<Catalog, Diagnostics> {
         let mut diags = Diagnostics::new();
         let mut blueprints = Vec::new();
-        for folder in folders {
+        for (i, folder) in folders.iter().enumerate() {
             if !folder.is_dir() {
-                if required {
+                if let Some(stack) = named_in {
                     diags.push(
                         Diagnostic::error(format!("catalog folder `{}` does not exist", folder.display()))
-                            .hint("fix `spec.catalog` in the stack, or create the folder"),
+                            .at(stack.locate(&format!("/spec/catalog/{i}")))
+                            .field(format!("spec.catalog[{i}]"))
+                            .hint("fix `spec.catalog` in the stack (relative to the stack file), or create the folder"),
                     );
                 }
                 continue;

@@ -344,7 +344,8 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
         }
         Command::Catalog(command) => {
             let stack = Stack::load(&cli.stack)?;
-            let catalog = Catalog::load(&stack.catalog, stack.doc.value["spec"].get("catalog").is_some())?;
+            let catalog =
+                Catalog::load(&stack.catalog, stack.doc.value["spec"].get("catalog").is_some().then_some(&stack.doc))?;
             match command {
                 CatalogCommand::List => print(&catalog_list(&catalog)),
                 CatalogCommand::Show { name } => print(&catalog_show(&catalog, name)?),
@@ -492,7 +493,7 @@ async fn converge(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if !auto_approve && !confirm(verb)? {
+    if !auto_approve && (!confirm(verb)? || limits.interrupted.load(Ordering::SeqCst)) {
         print("Nothing was changed.\n");
         return Ok(ExitCode::FAILURE);
     }

@@ -107,6 +107,25 @@ impl Diagnostic {
         }
     }
 
+    /// Replaces every occurrence of a secret in the text it shows by `(sensitive)`.
+    pub fn redact(mut self, secrets: &[String]) -> Self {
+        let scrub = |text: &mut String| {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if text.contains(secret.as_str()) {
+                    *text = text.replace(secret.as_str(), "(sensitive)");
+                }
+            }
+        };
+        scrub(&mut self.summary);
+        if let Some(detail) = &mut self.detail {
+            scrub(detail);
+        }
+        if let Some(line) = self.location.as_mut().and_then(|l| l.source_line.as_mut()) {
+            scrub(line);
+        }
+        self
+    }
+
     /// Writes it the way a compiler does, with colors when `color` is true.
     pub fn render(&self, color: bool) -> String {
         let paint = |code: &str, text: &str| {
@@ -218,6 +237,21 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// The string values at `pointers` inside `value` (the secrets of a resource's spec).
+pub fn secrets_at(value: Option<&serde_json::Value>, pointers: &[String]) -> Vec<String> {
+    let Some(value) = value else { return vec![] };
+    let mut out = Vec::new();
+    for pointer in pointers {
+        if let Some(v) = value.pointer(pointer) {
+            match v {
+                serde_json::Value::String(s) => out.push(s.clone()),
+                other => out.push(other.to_string()),
+            }
+        }
+    }
+    out
+}
 
 /// A JSON pointer (`/spec/components/0/values`) as a user reads it
 /// (`spec.components[0].values`).

@@ -110,6 +110,9 @@ impl Document {
     /// Where the value at `pointer` is; the nearest parent that has a place when it has
     /// none (a missing field points at its object).
     pub fn locate(&self, pointer: &str) -> Location {
+        if self.spans().is_empty() && !pointer.is_empty() {
+            return self.search(pointer);
+        }
         let mut pointer = pointer;
         loop {
             if let Some(span) = self.spans().get(pointer) {
@@ -122,6 +125,32 @@ impl Document {
         }
     }
 
+    /// When the precise index cannot be made (`marked-yaml` does not take anchors and
+    /// aliases), the first line where the field's key appears, after its parents' keys.
+    fn search(&self, pointer: &str) -> Location {
+        let mut from_line = 0;
+        let mut found = None;
+        for segment in pointer.split('/').skip(1) {
+            let key = segment.replace("~1", "/").replace("~0", "~");
+            if key.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let hit = self.text.lines().enumerate().skip(from_line).find_map(|(i, line)| {
+                let at = line.find(&format!("{key}:"))?;
+                let before = line[..at].chars().last();
+                before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-').then_some((i, at))
+            });
+            if let Some((i, at)) = hit {
+                from_line = i;
+                found = Some((i + 1, line_column(&self.text, i, at), key.chars().count()));
+            }
+        }
+        match found {
+            Some(place) => self.location_of(place),
+            None => Location::file(self.name()),
+        }
+    }
+
     /// Where the key of the field at `pointer` is (the value when it has no key).
     pub fn locate_key(&self, pointer: &str) -> Location {
         match self.spans().get(pointer).and_then(|s| s.key) {
@@ -129,6 +158,11 @@ impl Document {
             None => self.locate(pointer),
         }
     }
+}
+
+/// The 1-based column of byte offset `at` in line `index` (0-based).
+fn line_column(text: &str, index: usize, at: usize) -> usize {
+    text.lines().nth(index).map(|l| l[..at.min(l.len())].chars().count() + 1).unwrap_or(1)
 }
 
 fn escape(segment: &str) -> String {

@@ -36,7 +36,7 @@ pub fn load(stack_path: &Path, registry: &Registry) -> Result<Loaded, Diagnostic
     let mut diags = Diagnostics::new();
     diags.extend(stack.check());
     diags.extend(registry.validate_sites(&stack));
-    let explicit_catalog = stack.doc.value["spec"].get("catalog").is_some();
+    let explicit_catalog = stack.doc.value["spec"].get("catalog").is_some().then_some(&stack.doc);
     let catalog = match Catalog::load(&stack.catalog, explicit_catalog) {
         Ok(c) => c,
         Err(d) => {

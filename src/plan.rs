@@ -339,8 +339,11 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         let results = results.clone();
         let site = sites.get(&items[i].site).cloned();
         async move {
+            let secrets = crate::diagnostics::secrets_at(items[i].desired.as_ref(), &items[i].sensitive);
             let result = match site {
-                Some(site) => plan_one(&items[i], &site, &known).await,
+                Some(site) => plan_one(&items[i], &site, &known)
+                    .await
+                    .map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect()),
                 None => Err(vec![
                     Diagnostic::error(format!(
                         "`{}` is on site `{}`, which the stack no longer declares",

@@ -293,12 +293,15 @@ fn render_instance(
                 continue;
             }
         };
-        let label = PathBuf::from(format!("{} (rendered for {component} on {site_name})", template_path.display()));
+        // Line numbers in messages about rendered documents count lines of the rendered
+        // output (what `strata render` prints), not of the template.
+        let label =
+            PathBuf::from(format!("{} (rendered output for {component} on {site_name})", template_path.display()));
         for (line_offset, part) in split_documents(&text) {
             let doc = match Document::parse_part(&label, part, line_offset) {
                 Ok(doc) => doc,
                 Err(d) => {
-                    diags.extend(d.0);
+                    diags.extend(d.0.into_iter().map(|d| d.redact(&sensitive_values)));
                     continue;
                 }
             };

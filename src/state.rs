@@ -342,8 +342,9 @@ impl LocalBackend {
             Err(e) => return Err(Error::Io { action: "read", path, source: e }),
         };
         for line in text.lines() {
-            // A line cut short by a crash is the change in flight: it did not happen.
-            let Ok(entry) = serde_json::from_str::<JournalEntry>(line) else { break };
+            // A line cut short by a crash is the change in flight: it did not happen. The
+            // next append starts on a new line, so what follows it still counts.
+            let Ok(entry) = serde_json::from_str::<JournalEntry>(line) else { continue };
             let current = state.get_or_insert_with(|| State {
                 lineage: entry.lineage.clone(),
                 serial: entry.serial.saturating_sub(1),
@@ -445,8 +446,26 @@ impl Storage for LocalBackend {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(Self::io("create", dir))?;
         }
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(Self::io("open", &path))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(Self::io("open", &path))?;
+        // After a torn line (a crash mid-append), start on a fresh line.
+        {
+            use std::io::{Read as _, Seek as _, SeekFrom};
+            let length = file.seek(SeekFrom::End(0)).map_err(Self::io("read", &path))?;
+            if length > 0 {
+                let mut last = [0u8; 1];
+                file.seek(SeekFrom::End(-1))
+                    .and_then(|_| file.read_exact(&mut last))
+                    .map_err(Self::io("read", &path))?;
+                if last[0] != b'\n' {
+                    line.insert(0, b'\n');
+                }
+            }
+        }
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
@@ -602,6 +621,11 @@ mod tests {
         let mut text = std::fs::read_to_string(&journal).unwrap();
         text.push_str("{\"lineage\": \"x\", \"ser");
         std::fs::write(&journal, text).unwrap();
+        assert_eq!(backend.read().unwrap().as_ref(), Some(&state));
+        // Changes recorded after the torn line still count.
+        let change = StateChange::Forget { address: "z".into() };
+        change.apply_to(&mut state);
+        backend.record(&change, &state).unwrap();
         assert_eq!(backend.read().unwrap().as_ref(), Some(&state));
         // A full write compacts the journal away.
         backend.write(&state).unwrap();

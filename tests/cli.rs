@@ -320,3 +320,86 @@ fn usage_errors_exit_1_not_2() {
     let out = q.strata(&["plan", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Writes a one-blueprint stack next to the quickstart's catalog and returns its folder.
+fn custom_stack(q: &Quickstart, name: &str, inputs: &str, template: &str, values: &str) -> PathBuf {
+    let bp = q.dir.path().join(format!("blueprints/{name}"));
+    std::fs::create_dir_all(bp.join("templates")).unwrap();
+    std::fs::write(
+        bp.join("blueprint.yaml"),
+        format!("apiVersion: strata.dev/v1alpha1\nkind: Blueprint\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  inputs:\n{inputs}"),
+    )
+    .unwrap();
+    std::fs::write(bp.join("templates/main.yaml.j2"), template).unwrap();
+    let dir = q.dir.path().join(format!("stacks/{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("stack.yaml"),
+        format!("apiVersion: strata.dev/v1alpha1\nkind: Stack\nmetadata: {{name: {name}}}\nspec:\n  catalog: [../../blueprints]\n  sites:\n    lab: {{provider: local, config: {{root: ./out}}}}\n  components:\n    - name: c\n      blueprint: {name}\n      site: lab\n      values: {values}\n"),
+    )
+    .unwrap();
+    dir
+}
+
+fn strata_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sensitive_values_never_show_in_failures() {
+    let q = Quickstart::new();
+    let dir = custom_stack(
+        &q,
+        "secretive",
+        "    type: object\n    properties:\n      token: {type: string, writeOnly: true}\n",
+        "type: local.command\nname: enroll\nspec:\n  create: [sh, -c, \"echo refusing token {{ inputs.token }} >&2; exit 1\", \"{{ inputs.token }}\"]\n",
+        "{token: hunter2-s3cr3t}",
+    );
+    let out = strata_in(&dir, &["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("refusing token (sensitive)"), "{all}");
+}
+
+#[test]
+fn create_before_destroy_runs_the_new_command_then_destroys_the_old_one() {
+    let q = Quickstart::new();
+    let template = "type: local.command\nname: job\nlifecycle: {createBeforeDestroy: true}\nspec:\n  create: [sh, -c, \"echo created-{{ inputs.n }} >> log\"]\n  destroy: [sh, -c, \"echo destroyed >> log\"]\n";
+    let inputs = "    type: object\n    properties:\n      n: {type: integer}\n";
+    let dir = custom_stack(&q, "cbd", inputs, template, "{n: 1}");
+    assert!(strata_in(&dir, &["apply", "--auto-approve"]).status.success());
+    custom_stack(&q, "cbd", inputs, template, "{n: 2}");
+    let plan = strata_in(&dir, &["plan"]);
+    assert!(stdout(&plan).contains("must be replaced"), "{}", stdout(&plan));
+    let replaced = strata_in(&dir, &["apply", "--auto-approve"]);
+    assert!(replaced.status.success(), "{}{}", stdout(&replaced), stderr(&replaced));
+    assert_eq!(std::fs::read_to_string(dir.join("log")).unwrap(), "created-1\ncreated-2\ndestroyed\n");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".strata/state.json")).unwrap()).unwrap();
+    let addresses: Vec<&String> = state["resources"].as_object().unwrap().keys().collect();
+    assert_eq!(addresses, vec!["lab/c/local.command/job"], "no deposed record may remain");
+}
+
+#[test]
+fn a_three_digit_mode_converges() {
+    let q = Quickstart::new();
+    let dir = custom_stack(
+        &q,
+        "modes",
+        "    type: object\n",
+        "type: local.file\nname: f\nspec: {path: ./out/f, content: x, mode: \"640\"}\n",
+        "{}",
+    );
+    assert!(strata_in(&dir, &["apply", "--auto-approve"]).status.success());
+    let again = strata_in(&dir, &["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stdout(&again));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.join("out/f")).unwrap().permissions().mode() & 0o777, 0o640);
+}

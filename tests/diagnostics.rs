@@ -16,6 +16,7 @@ fn errors_name_file_line_and_field() {
         for d in &diags.0 {
             let loc = d.location.as_ref().unwrap_or_else(|| panic!("no location: {d}"));
             assert!(!loc.file.is_empty());
+            assert!(loc.line > 0, "no line: {d}");
         }
         let text = diags.render(false).replace(&format!("{}/", root.display()), "");
         insta::assert_snapshot!(text);

@@ -71,10 +71,9 @@ fn format_address(value: u128, v4: bool) -> String {
 /// `cidrsubnet("10.0.0.0/16", 8, 2)` → `10.0.2.0/24`.
 pub fn cidrsubnet(prefix: String, newbits: u32, netnum: u64) -> Result<String, Error> {
     let p = parse_prefix(&prefix)?;
-    let length = p.length + newbits;
-    if length > p.bits {
+    let Some(length) = p.length.checked_add(newbits).filter(|l| *l <= p.bits) else {
         return Err(invalid(format!("`{prefix}` has no room for {newbits} more bits")));
-    }
+    };
     if newbits < 64 && u128::from(netnum) >= (1u128 << newbits) {
         return Err(invalid(format!("network number {netnum} does not fit in {newbits} bits")));
     }
@@ -110,6 +109,8 @@ mod tests {
         assert_eq!(cidrsubnet("fd00:fd12:3456:7890::/56".into(), 16, 162).unwrap(), "fd00:fd12:3456:7800:a200::/72");
         assert!(cidrsubnet("10.0.0.0/30".into(), 4, 1).is_err());
         assert!(cidrsubnet("10.0.0.0/16".into(), 2, 4).is_err());
+        // Regression: an absurd `newbits` overflowed the prefix length and panicked.
+        assert!(cidrsubnet("10.0.0.0/16".into(), u32::MAX, 0).is_err());
         assert_eq!(cidrhost("10.12.112.0/20".into(), 16).unwrap(), "10.12.112.16");
         assert_eq!(cidrhost("10.12.112.0/20".into(), 268).unwrap(), "10.12.113.12");
         assert_eq!(cidrhost("10.0.0.0/24".into(), -1).unwrap(), "10.0.0.255");

@@ -91,7 +91,10 @@ impl LocalProvider {
         if spec.get("mode").is_some() || prior.is_some_and(|p| p.spec.get("mode").is_some()) {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = tokio::fs::metadata(&absolute).await {
-                live["mode"] = json!(format!("{:04o}", meta.permissions().mode() & 0o7777));
+                let mode = meta.permissions().mode() & 0o7777;
+                // Written as wide as the spec writes it (`644` or `0644`).
+                let width = str_field(spec, "mode").map(str::len).unwrap_or(4).max(3);
+                live["mode"] = json!(format!("{mode:0width$o}"));
             }
         }
         ReadResponse {
@@ -128,9 +131,11 @@ impl LocalProvider {
         });
         let action = match &request.current {
             None => PlannedAction::Create,
+            Some(_) if unknown::is_unknown_str(path) => {
+                PlannedAction::Replace { reasons: vec!["`path` is known only after apply, and may change".into()] }
+            }
             Some(current)
-                if !unknown::is_unknown_str(path)
-                    && str_field(&current.spec, "path").map(|p| self.absolute(p)) != Some(self.absolute(path)) =>
+                if str_field(&current.spec, "path").map(|p| self.absolute(p)) != Some(self.absolute(path)) =>
             {
                 PlannedAction::Replace { reasons: vec!["`path` cannot change in place".into()] }
             }
@@ -159,15 +164,27 @@ impl LocalProvider {
         }
         let name = absolute.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = parent.join(format!(".{name}.strata-tmp-{}", std::process::id()));
-        if let Err(e) = tokio::fs::write(&temp, content.as_bytes()).await {
-            return fail(format!("cannot write `{}`", temp.display()), e);
-        }
-        if let Some(mode) = str_field(desired, "mode").and_then(parse_mode) {
+        // The content is never readable by more than the final mode allows: the desired
+        // mode, else the mode the file has now, else 0644.
+        let mode = {
             use std::os::unix::fs::PermissionsExt;
-            if let Err(e) = tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).await {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return fail(format!("cannot set the mode of `{}`", temp.display()), e);
+            match str_field(desired, "mode").and_then(parse_mode) {
+                Some(m) => m,
+                None => tokio::fs::metadata(&absolute).await.map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644),
             }
+        };
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::fs::remove_file(&temp).await;
+            let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp).await?;
+            file.write_all(content.as_bytes()).await?;
+            file.sync_all().await?;
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).await
+        };
+        if let Err(e) = written.await {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return fail(format!("cannot write `{}`", temp.display()), e);
         }
         if let Err(e) = tokio::fs::rename(&temp, &absolute).await {
             let _ = tokio::fs::remove_file(&temp).await;
@@ -227,12 +244,18 @@ impl LocalProvider {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(Diagnostic::error(format!("`{}` failed ({})", argv.join(" "), output.status))
+            // Only the program is named: arguments may hold sensitive values.
+            return Err(Diagnostic::error(format!("`{what}` command `{program}` failed ({})", output.status))
                 .with_field(what)
                 .with_detail(tail.join("\n")));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+fn run_stamp() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{nanos:x}-{}", std::process::id())
 }
 
 fn wrong_type(resource_type: &str) -> Diagnostic {
@@ -297,7 +320,8 @@ impl Provider for LocalProvider {
                     Ok(stdout) => ApplyResponse {
                         diagnostics: vec![],
                         state: Some(ResourceState {
-                            id: request.resource.address.clone(),
+                            // One id per run, so a replacement's old run is told apart.
+                            id: format!("{}@{}", request.resource.address, run_stamp()),
                             spec: desired.clone(),
                             outputs: json!({"stdout": stdout}),
                             private: Value::Null,
