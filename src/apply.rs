@@ -208,6 +208,18 @@ pub async fn apply(
             report.resources.push(entry);
         }
     }
+    for u in &plan.unplanned {
+        report.resources.push(ResourceReport {
+            address: u.address.clone(),
+            action: Action::NoOp,
+            outcome: match &u.because {
+                Some(because) => Outcome::Skipped { because: because.clone() },
+                None => Outcome::Failed,
+            },
+            diagnostics: u.errors.iter().map(|e| Diagnostic::error(e.clone())).collect(),
+            elapsed: Duration::ZERO,
+        });
+    }
     report.resources.sort_by(|a, b| a.address.cmp(&b.address));
     report.elapsed = started.elapsed();
     if let Err(d) = recorder.flush() {

@@ -272,7 +272,13 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
                     ));
                 }
             }
-            Ok(if *detailed_exitcode && plan.has_changes() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if !plan.unplanned.is_empty() {
+                ExitCode::FAILURE
+            } else if *detailed_exitcode && plan.has_changes() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Apply { plan: Some(path), walk, .. } => {
             let plan = load_plan(path)?;
@@ -491,7 +497,7 @@ async fn converge(
             }
             print(&format!("Recorded {} resources in the state again.\n", plan.record_refreshes()));
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if plan.unplanned.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     if !auto_approve && (!confirm(verb)? || limits.interrupted.load(Ordering::SeqCst)) {
         print("Nothing was changed.\n");

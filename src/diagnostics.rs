@@ -51,6 +51,9 @@ pub struct Diagnostic {
     /// What to do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// A provider said retrying later may succeed (a host that is down).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 impl Diagnostic {
@@ -63,6 +66,7 @@ impl Diagnostic {
             field: None,
             detail: None,
             hint: None,
+            transient: false,
         }
     }
 
@@ -104,6 +108,7 @@ impl Diagnostic {
             field: d.field.map(|f| format!("spec.{f}")),
             detail: d.detail,
             hint: d.hint,
+            transient: d.transient,
         }
     }
 
@@ -237,6 +242,46 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+/// Folds diagnostics that say the same thing about several resources (`ADDRESS: message`,
+/// e.g. one unreachable host) into one that lists them.
+pub fn collapse(diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::new();
+    let mut addresses: Vec<Vec<String>> = Vec::new();
+    for d in diagnostics {
+        let Some((address, message)) = d.summary.split_once(": ").filter(|(a, _)| a.split('/').count() == 4) else {
+            out.push(d);
+            addresses.push(vec![]);
+            continue;
+        };
+        let (address, message) = (address.to_string(), message.to_string());
+        let same = out.iter().position(|o| {
+            o.location.is_none()
+                && o.hint == d.hint
+                && o.summary.split_once(": ").map(|(_, m)| m) == Some(message.as_str())
+        });
+        match same {
+            Some(i) => addresses[i].push(address),
+            None => {
+                out.push(d);
+                addresses.push(vec![address]);
+            }
+        }
+    }
+    for (d, addresses) in out.iter_mut().zip(addresses) {
+        if addresses.len() > 1 {
+            if let Some((_, message)) = d.summary.split_once(": ") {
+                d.summary = message.to_string();
+            }
+            let list = addresses.join("\n");
+            d.detail = Some(match d.detail.take() {
+                Some(detail) => format!("{detail}\nfor {} resources on this host:\n{list}", addresses.len()),
+                None => format!("for {} resources on this host:\n{list}", addresses.len()),
+            });
+        }
+    }
+    out
+}
 
 /// The string values at `pointers` inside `value` (the secrets of a resource's spec).
 pub fn secrets_at(value: Option<&serde_json::Value>, pointers: &[String]) -> Vec<String> {

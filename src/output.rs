@@ -154,6 +154,20 @@ pub fn plan_human(plan: &Plan, style: &Style) -> String {
     for w in &plan.warnings {
         out.push_str(&format!("{}: {w}\n\n", style.paint("1;33", "warning")));
     }
+    if !plan.unplanned.is_empty() {
+        out.push_str(&format!(
+            "{}: {} resources could not be planned and are left alone this time:\n",
+            style.paint("1;31", "error"),
+            plan.unplanned.len()
+        ));
+        for u in &plan.unplanned {
+            match &u.because {
+                Some(because) => out.push_str(&format!("  ! {} (depends on {because})\n", u.address)),
+                None => out.push_str(&format!("  ! {}: {}\n", u.address, u.errors.join("; "))),
+            }
+        }
+        out.push('\n');
+    }
     let (total, sites) = plan.counts();
     if !total.any() {
         out.push_str(&format!("No changes. The sites match the stack ({} resources up to date).\n", total.unchanged));
@@ -226,6 +240,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "changes": changes,
         "summary": {"total": total, "sites": sites},
         "warnings": plan.warnings,
+        "unplanned": plan.unplanned,
     })
 }
 

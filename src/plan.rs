@@ -144,6 +144,27 @@ pub struct Plan {
     /// Warnings found while planning.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Resources that could not be planned because their site or host could not be
+    /// reached (and those depending on them). They are left alone; the rest goes ahead,
+    /// as a fleet tool must when one host of many is down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplanned: Vec<Unplanned>,
+}
+
+/// A resource left out of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unplanned {
+    /// Its address.
+    pub address: String,
+    /// Its site.
+    pub site: String,
+    /// Why: the provider's messages (empty when it depends on another unplanned resource).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The unplanned resource it depends on, when that is why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub because: Option<String>,
 }
 
 /// Counts of changes.
@@ -361,21 +382,38 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
 
     let mut diags = Diagnostics::new();
     let mut changes = Vec::new();
+    let mut unplanned = Vec::new();
     let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
     for (i, outcome) in outcomes.iter().enumerate() {
         match (outcome, results[i].take()) {
             (_, Some(Ok(change))) => changes.push(change),
+            // Unreachable (a host down): leave it out, go on with the rest.
+            (_, Some(Err(d)))
+                if d.iter().filter(|d| d.severity == crate::diagnostics::Severity::Error).all(|d| d.transient) =>
+            {
+                unplanned.push(Unplanned {
+                    address: items[i].address.clone(),
+                    site: items[i].site.clone(),
+                    errors: d.into_iter().map(|d| d.summary).collect(),
+                    because: None,
+                });
+            }
             (_, Some(Err(d))) => diags.extend(d),
             (Outcome::Skipped { because }, None) if because == "interrupted" => {
                 diags.push(Diagnostic::error("planning was interrupted"));
                 break;
             }
-            // Skipped after a failure that is reported itself.
+            (Outcome::Skipped { because }, None) => unplanned.push(Unplanned {
+                address: items[i].address.clone(),
+                site: items[i].site.clone(),
+                errors: vec![],
+                because: Some(because.clone()),
+            }),
             _ => {}
         }
     }
     if diags.has_errors() {
-        return Err(diags);
+        return Err(Diagnostics(crate::diagnostics::collapse(diags.0)));
     }
     for change in changes.iter_mut().filter(|c| c.action == Action::NoOp) {
         change.refresh_record = match state.resources.get(&change.address) {
@@ -401,6 +439,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         sites: input.connections.clone(),
         changes,
         warnings,
+        unplanned,
     })
 }
 
