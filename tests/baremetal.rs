@@ -191,6 +191,16 @@ fn ten_hosts_converge_show_drift_and_destroy() {
     assert!(fleet.exec_ok(second, "systemctl is-active strata-node-agent").contains("active"));
     assert_eq!(changed(&plan_json(&stack)), vec![]);
 
+    // A changed agent script restarts the service (its triggers hold the script's checksum).
+    let pid = |host: &str| fleet.exec_ok(host, "systemctl show -p MainPID --value strata-node-agent").trim().to_string();
+    let before = pid(first);
+    let text_of_stack = std::fs::read_to_string(&stack).unwrap();
+    std::fs::write(&stack, text_of_stack.replace("packages: [", "agentInterval: 7\n        packages: [")).unwrap();
+    let restarted = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(restarted.status.success(), "{}", text(&restarted));
+    assert_ne!(pid(first), before, "the service was not restarted");
+    assert!(fleet.exec_ok(first, "cat /usr/local/bin/strata-node-agent").contains("sleep 7"));
+
     let destroyed = strata(&stack, &["destroy", "--auto-approve"]);
     assert!(destroyed.status.success(), "{}", text(&destroyed));
     for (name, _) in &hosts {
@@ -320,4 +330,84 @@ fn hostile_values_stay_literal_data() {
     fleet.exec_ok(host, "test -d '/srv/dir $(touch /tmp/pwned5)'");
     let pwned = fleet.exec(host, "ls /tmp/pwned* 2>/dev/null");
     assert!(String::from_utf8_lossy(&pwned.stdout).trim().is_empty(), "a value ran as a command");
+}
+
+/// A stack with one component of an inline blueprint, on the fleet's hosts.
+fn inline_stack(dir: &Path, site_config: &str, template: &str) -> PathBuf {
+    let bp = dir.join("catalog/inline/templates");
+    std::fs::create_dir_all(&bp).unwrap();
+    std::fs::write(
+        dir.join("catalog/inline/blueprint.yaml"),
+        "apiVersion: strata.dev/v1alpha1\nkind: Blueprint\nmetadata: {name: inline, version: 1.0.0}\nspec: {}\n",
+    )
+    .unwrap();
+    std::fs::write(bp.join("main.yaml.j2"), template).unwrap();
+    let stack = dir.join("stack.yaml");
+    std::fs::write(
+        &stack,
+        format!(
+            "apiVersion: strata.dev/v1alpha1\nkind: Stack\nmetadata: {{name: inline}}\nspec:\n  catalog: [./catalog]\n  sites:\n    rack:\n      provider: baremetal\n      config:\n{site_config}  components:\n    - {{name: c, blueprint: inline, site: rack}}\n"
+        ),
+    )
+    .unwrap();
+    stack
+}
+
+#[test]
+fn ssh_config_supplies_address_user_and_key() {
+    let fleet = Fleet::up("bm-sshcfg", 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let host = &fleet.hosts()[0].0;
+    // The site names only the alias: HostName, User and IdentityFile come from ssh_config.
+    let config = format!(
+        "        sshConfig: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {host}}}]\n",
+        fleet.json["sshConfig"].as_str().unwrap(),
+        fleet.json["knownHosts"].as_str().unwrap()
+    );
+    let stack = inline_stack(
+        dir.path(),
+        &config,
+        &format!("type: baremetal.file\nname: f\nspec: {{host: {host}, path: /root/via-ssh-config, content: ok}}\n"),
+    );
+    let applied = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert_eq!(fleet.exec_ok(host, "cat /root/via-ssh-config"), "ok");
+}
+
+#[test]
+fn a_connection_killed_mid_apply_is_retried() {
+    let fleet = Fleet::up("bm-kill", 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (host, address) = fleet.hosts()[0].clone();
+    let config = format!(
+        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
+        fleet.json["identityFile"].as_str().unwrap(),
+        fleet.json["knownHosts"].as_str().unwrap()
+    );
+    let stack = inline_stack(
+        dir.path(),
+        &config,
+        &format!(
+            "type: baremetal.command\nname: slow\nspec: {{host: {host}, run: \"echo start >> /root/log; sleep 4; echo end >> /root/log\"}}\n"
+        ),
+    );
+    let apply = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--stack", stack.to_str().unwrap(), "apply", "--auto-approve"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !fleet.exec(&host, "grep -q start /root/log").status.success() {
+        assert!(started.elapsed().as_secs() < 30, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Kill every SSH session on the host (sshd's per-connection processes).
+    fleet.exec_ok(&host, "pkill -KILL -f '[s]shd: root' || true");
+    let out = apply.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = fleet.exec_ok(&host, "cat /root/log");
+    assert!(log.matches("start").count() >= 2, "the command ran again after the connection dropped: {log}");
+    assert!(log.ends_with("end\n"), "{log}");
 }
