@@ -295,6 +295,16 @@ where
     }
 }
 
+/// Deletes one object through the provider, retrying transient errors.
+async fn delete_object(site: &ConfiguredSite, change: &Change, object: ResourceState) -> Result<(), Vec<Diagnostic>> {
+    let response = with_retries(
+        || site.provider.delete(DeleteRequest { resource: resource_of(change), current: object.clone() }),
+        |r| &r.diagnostics,
+    )
+    .await;
+    convert(&change.address, response.diagnostics).map(|_| ())
+}
+
 async fn apply_one(
     change: &Change,
     site: &ConfiguredSite,
@@ -327,12 +337,7 @@ async fn apply_one(
             recorder.record(StateChange::Remove { address: address.clone() })?;
             return Ok(());
         };
-        let response = with_retries(
-            || provider.delete(DeleteRequest { resource: resource_of(change), current: current.clone() }),
-            |r| &r.diagnostics,
-        )
-        .await;
-        convert(address, response.diagnostics)?;
+        delete_object(site, change, current).await?;
         recorder.record(StateChange::Remove { address: address.clone() })?;
         return Ok(());
     }
@@ -405,12 +410,7 @@ async fn apply_one(
     let create_first = replace && change.lifecycle.create_before_destroy;
     if replace && !create_first {
         if let Some(old) = current.clone() {
-            let response = with_retries(
-                || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
-                |r| &r.diagnostics,
-            )
-            .await;
-            convert(address, response.diagnostics)?;
+            delete_object(site, change, old).await?;
             recorder.record(StateChange::Remove { address: address.clone() })?;
         }
     }
@@ -449,12 +449,7 @@ async fn apply_one(
             recorder.record(StateChange::Put { address: address.clone(), record: Box::new(record) })?;
             if create_first && result.is_ok() {
                 if let Some(old) = current.filter(|old| old.id != new_id) {
-                    let response = with_retries(
-                        || provider.delete(DeleteRequest { resource: resource_of(change), current: old.clone() }),
-                        |r| &r.diagnostics,
-                    )
-                    .await;
-                    convert(address, response.diagnostics)?;
+                    delete_object(site, change, old).await?;
                 }
                 if recorder.get(&deposed).is_some() {
                     recorder.record(StateChange::Remove { address: deposed })?;
