@@ -41,7 +41,10 @@ impl Registry {
 
     /// The providers shipped with strata.
     pub fn builtin() -> Registry {
-        Registry::empty().with(strata_provider_local::factory).with(strata_provider_baremetal::factory)
+        Registry::empty()
+            .with(strata_provider_local::factory)
+            .with(strata_provider_baremetal::factory)
+            .with(strata_provider_aws::factory)
     }
 
     /// Adds a provider.

@@ -192,7 +192,8 @@ fn ten_hosts_converge_show_drift_and_destroy() {
     assert_eq!(changed(&plan_json(&stack)), vec![]);
 
     // A changed agent script restarts the service (its triggers hold the script's checksum).
-    let pid = |host: &str| fleet.exec_ok(host, "systemctl show -p MainPID --value strata-node-agent").trim().to_string();
+    let pid =
+        |host: &str| fleet.exec_ok(host, "systemctl show -p MainPID --value strata-node-agent").trim().to_string();
     let before = pid(first);
     let text_of_stack = std::fs::read_to_string(&stack).unwrap();
     std::fs::write(&stack, text_of_stack.replace("packages: [", "agentInterval: 7\n        packages: [")).unwrap();
