@@ -275,8 +275,8 @@ pub fn collapse(diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
             }
             let list = addresses.join("\n");
             d.detail = Some(match d.detail.take() {
-                Some(detail) => format!("{detail}\nfor {} resources on this host:\n{list}", addresses.len()),
-                None => format!("for {} resources on this host:\n{list}", addresses.len()),
+                Some(detail) => format!("{detail}\nfor {} resources:\n{list}", addresses.len()),
+                None => format!("for {} resources:\n{list}", addresses.len()),
             });
         }
     }

@@ -260,7 +260,7 @@ fn a_host_down_fails_alone_and_a_changed_host_key_is_refused() {
     assert_eq!(refused.status.code(), Some(1), "{out}");
     assert!(out.contains(&format!("the host key of {rekeyed}")), "{out}");
     assert_eq!(out.matches("SHA256:").count(), 2, "both fingerprints are shown, once: {out}");
-    assert!(out.contains("6 resources on this host"), "{out}");
+    assert!(out.contains("for 6 resources:"), "{out}");
 }
 
 #[test]

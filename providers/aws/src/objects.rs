@@ -334,12 +334,9 @@ fn rules_of(permissions: &[IpPermission]) -> Vec<Value> {
     for p in permissions {
         let mut cidrs: Vec<String> = p.ip_ranges().iter().filter_map(|r| r.cidr_ip().map(String::from)).collect();
         cidrs.sort();
-        rules.push(json!({
-            "protocol": p.ip_protocol().unwrap_or("-1"),
-            "fromPort": p.from_port(),
-            "toPort": p.to_port(),
-            "cidrBlocks": cidrs,
-        }));
+        let protocol = p.ip_protocol().unwrap_or("-1");
+        let (from, to) = if protocol == "-1" { (None, None) } else { (p.from_port(), p.to_port()) };
+        rules.push(json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": cidrs}));
     }
     rules.sort_by_key(|r| r.to_string());
     rules
@@ -361,12 +358,15 @@ fn normalize_rules(rules: Option<&Value>) -> Vec<Value> {
                 .map(String::from)
                 .collect();
             cidrs.sort();
-            json!({
-                "protocol": r.get("protocol").and_then(Value::as_str).unwrap_or("tcp"),
-                "fromPort": r.get("fromPort"),
-                "toPort": r.get("toPort").or(r.get("fromPort")),
-                "cidrBlocks": cidrs,
-            })
+            let protocol = r.get("protocol").and_then(Value::as_str).unwrap_or("tcp");
+            // "All traffic" has no ports, however the spec writes them.
+            let (from, to) = if protocol == "-1" {
+                (Value::Null, Value::Null)
+            } else {
+                let from = r.get("fromPort").cloned().unwrap_or(Value::Null);
+                (from.clone(), r.get("toPort").cloned().unwrap_or(from))
+            };
+            json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": cidrs})
         })
         .collect();
     out.sort_by_key(|r| r.to_string());
@@ -396,55 +396,68 @@ fn normalize(resource_type: &str, desired: &Value) -> Value {
             }
             _ => {}
         }
-        if !map.contains_key("tags") {
-            map.insert("tags".into(), json!({}));
-        }
     }
     d
 }
 
-/// Keeps the live fields the desired spec speaks about.
-fn shaped(live: &Live, desired: &Value) -> Value {
+/// Keeps the live fields the desired spec speaks about. A field equal to the desired one
+/// once both are normalized (rule order, how EC2 writes "all ports") is shown as the spec
+/// writes it, so the plan shows only real differences.
+fn shaped(resource_type: &str, live: &Live, raw: &Value) -> Value {
+    let normalized = normalize(resource_type, raw);
     let mut out = Map::new();
     for (k, v) in &live.spec {
-        if k == "tags" || desired.get(k).is_some() {
-            out.insert(k.clone(), v.clone());
-        }
+        let Some(wanted) = normalized.get(k) else { continue };
+        let same = v == wanted;
+        out.insert(k.clone(), if same { raw.get(k).cloned().unwrap_or(Value::Null) } else { v.clone() });
     }
     Value::Object(out)
 }
 
-fn state_of(live: &Live, desired: &Value) -> ResourceState {
+fn state_of(resource_type: &str, live: &Live, raw: &Value) -> ResourceState {
     ResourceState {
         id: live.id.clone(),
-        spec: shaped(live, desired),
+        spec: shaped(resource_type, live, raw),
         outputs: live.outputs.clone(),
         private: Value::Null,
     }
 }
 
+/// Fields EC2 does not describe back are taken from what was last applied (kept in the
+/// state's private data).
+fn with_applied(mut state: ResourceState, resource_type: &str, prior: Option<&ResourceState>) -> ResourceState {
+    let Some(prior) = prior else { return state };
+    if let Value::Object(spec) = &mut state.spec {
+        for field in write_only(resource_type) {
+            if let Some(v) = prior.private.get(*field) {
+                spec.insert(field.to_string(), v.clone());
+            }
+        }
+    }
+    state.private = prior.private.clone();
+    state
+}
+
 /// The live state: by the recorded id, else by the address tag (adoption after a crash).
 pub(crate) async fn read(site: &Site, request: &ReadRequest) -> Result<Option<ResourceState>, Diagnostic> {
     let resource_type = kind(&request.resource.resource_type)?;
-    let desired = normalize(resource_type, &request.spec);
+    let raw = &request.spec;
     if resource_type == "aws.volume_attachment" {
         let id = match &request.prior {
             Some(p) => p.id.clone(),
-            None => format!(
-                "{}:{}",
-                text(&desired, "volumeId").unwrap_or_default(),
-                text(&desired, "instanceId").unwrap_or_default()
-            ),
+            None => {
+                format!("{}:{}", text(raw, "volumeId").unwrap_or_default(), text(raw, "instanceId").unwrap_or_default())
+            }
         };
         let all = describe_all(site, "aws.volume_attachment").await?;
-        return Ok(all.iter().find(|l| l.id == id).map(|l| state_of(l, &desired)));
+        return Ok(all.iter().find(|l| l.id == id).map(|l| state_of(resource_type, l, raw)));
     }
     let all = describe_all(site, resource_type).await?;
     let found = match &request.prior {
         Some(prior) => all.iter().find(|l| l.id == prior.id),
         None => all.iter().find(|l| l.address.as_deref() == Some(request.resource.address.as_str())),
     };
-    Ok(found.map(|l| state_of(l, &desired)))
+    Ok(found.map(|l| with_applied(state_of(resource_type, l, raw), resource_type, request.prior.as_ref())))
 }
 
 /// Fields that cannot change in place, per type.
@@ -468,6 +481,7 @@ fn replacing_fields(resource_type: &str) -> &'static [&'static str] {
 /// Fields EC2 does not describe back: compared with what was last applied.
 fn write_only(resource_type: &str) -> &'static [&'static str] {
     match resource_type {
+        "aws.vpc" => &["enableDnsSupport", "enableDnsHostnames"],
         "aws.key_pair" => &["publicKeyMaterial"],
         "aws.instance" => &["userData", "rootVolumeSize"],
         _ => &[],
@@ -531,13 +545,7 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
     let action = match &request.current {
         None => PlannedAction::Create,
         Some(current) => {
-            // Fields EC2 does not show back are compared with what was last applied.
-            let mut live = current.spec.clone();
-            for field in write_only(resource_type) {
-                if let (Value::Object(map), Some(v)) = (&mut live, current.private.get(field)) {
-                    map.insert(field.to_string(), v.clone());
-                }
-            }
+            let live = normalize(resource_type, &current.spec);
             let reasons: Vec<String> = replacing_fields(resource_type)
                 .iter()
                 .filter(|f| desired.get(**f).is_some() && live.get(**f) != desired.get(**f))
@@ -830,7 +838,7 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
     let live = live.ok_or_else(|| {
         Diagnostic::error(format!("{resource_type} `{id}` is gone right after it was made")).transient()
     })?;
-    let mut state = state_of(&live, &desired);
+    let mut state = state_of(resource_type, &live, &request.desired);
     // Keep what EC2 does not describe back, to compare with next time.
     let mut private = Map::new();
     for field in write_only(resource_type) {
@@ -1068,13 +1076,15 @@ pub(crate) async fn delete(site: &Site, request: &DeleteRequest) -> Result<(), D
             .await
             .map(|_| ())
             .map_err(|e| (gone(e.code()), error("DeleteSecurityGroup", e))),
-        "aws.key_pair" => c
-            .delete_key_pair()
-            .key_pair_id(id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| (gone(e.code()), error("DeleteKeyPair", e))),
+        // By name: the emulator (and older API versions) do not take the key pair id.
+        "aws.key_pair" => match text(&request.current.spec, "keyName").or(text(&request.current.outputs, "keyName")) {
+            Some(name) => c.delete_key_pair().key_name(name),
+            None => c.delete_key_pair().key_pair_id(id),
+        }
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| (gone(e.code()), error("DeleteKeyPair", e))),
         "aws.instance" => {
             match c.terminate_instances().instance_ids(id).send().await {
                 Ok(_) => {}
@@ -1148,5 +1158,5 @@ pub(crate) async fn import(site: &Site, request: &ImportRequest) -> Result<Optio
         .map_err(|e| error("CreateTags", e))?;
     site.cache.lock().await.clear();
     let all: Value = Value::Object(live.spec.clone());
-    Ok(Some(state_of(&live, &all)))
+    Ok(Some(state_of(resource_type, &live, &all)))
 }
