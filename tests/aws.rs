@@ -217,3 +217,63 @@ fn killed_applies_leave_exactly_one_object_per_address() {
     let state: Value = serde_json::from_slice(&std::fs::read(dir.path().join(".strata/state.json")).unwrap()).unwrap();
     assert_eq!(state["resources"].as_object().unwrap().len(), 18, "{state}");
 }
+
+#[test]
+fn bad_input_is_refused_naming_site_and_field_and_records_nothing() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = moto.stack(dir.path(), "p4d.24xlarge", 1);
+    let original = std::fs::read_to_string(&stack).unwrap();
+
+    // Missing region: the site's config is checked before anything runs.
+    std::fs::write(&stack, original.replace("config: {region: us-east-1, ", "config: {")).unwrap();
+    let out = moto.strata(&stack, &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("missing required field `region`"), "{}", text(&out));
+    assert!(text(&out).contains("field: spec.sites.us-east.config.region"), "{}", text(&out));
+
+    // A bad CIDR: refused by the blueprint's inputs, at its line in the stack.
+    std::fs::write(&stack, original.replace("dataVolumeSize: 500", "dataVolumeSize: 500\n        cidr: 10.0.0.0/33"))
+        .unwrap();
+    let out = moto.strata(&stack, &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("\"10.0.0.0/33\" does not match"), "{}", text(&out));
+    assert!(text(&out).contains("field: spec.components[0].values.cidr"), "{}", text(&out));
+    assert!(text(&out).contains("stack.yaml:26:15"), "{}", text(&out));
+    // Written straight into a resource, the provider refuses it at plan, naming the field.
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(raw.join("catalog/raw/templates")).unwrap();
+    std::fs::write(
+        raw.join("catalog/raw/blueprint.yaml"),
+        "apiVersion: strata.dev/v1alpha1\nkind: Blueprint\nmetadata: {name: raw, version: 1.0.0}\nspec: {}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        raw.join("catalog/raw/templates/vpc.yaml.j2"),
+        "type: aws.vpc\nname: v\nspec: {cidrBlock: 10.0.0.0/33}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        raw.join("stack.yaml"),
+        format!("apiVersion: strata.dev/v1alpha1\nkind: Stack\nmetadata: {{name: raw}}\nspec:\n  catalog: [./catalog]\n  sites:\n    us-east: {{provider: aws, config: {{region: us-east-1, endpoint: \"http://127.0.0.1:{}\"}}}}\n  components:\n    - {{name: c, blueprint: raw, site: us-east}}\n", moto.port),
+    )
+    .unwrap();
+    let out = moto.strata(&raw.join("stack.yaml"), &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("us-east/c/aws.vpc/v: `10.0.0.0/33` is not an IPv4 CIDR block"), "{}", text(&out));
+    assert!(text(&out).contains("field: spec.cidrBlock"), "{}", text(&out));
+
+    // The emulator down: nothing can be planned, the run says so and records nothing.
+    std::fs::write(&stack, &original).unwrap();
+    let _ = Command::new(MOTO).args(["stop", &moto.port.to_string()]).output();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = moto.strata(&stack, &["apply", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("could not be planned"), "{}", text(&out));
+    assert!(text(&out).contains("us-east/training/aws.vpc/main"), "{}", text(&out));
+    let state = dir.path().join(".strata/state.json");
+    if state.exists() {
+        let value: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert!(value["resources"].as_object().unwrap().is_empty(), "{value}");
+    }
+}

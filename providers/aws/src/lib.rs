@@ -58,6 +58,39 @@ pub(crate) struct Site {
     pub(crate) cache: Mutex<HashMap<&'static str, Arc<Vec<objects::Live>>>>,
     /// Instance types already checked, with their GPU info (or why they are refused).
     pub(crate) instance_types: Mutex<HashMap<String, Result<Value, String>>>,
+    /// API calls made (logged when the provider is dropped, at the end of a run).
+    pub(crate) calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let calls = self.calls.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(region = %self.region, calls, "aws API calls made");
+        if std::env::var_os("STRATA_AWS_CALLS").is_some() {
+            eprintln!("aws: {calls} API calls ({})", self.region);
+        }
+    }
+}
+
+/// Counts the EC2 API calls a site makes (one per call, retries not counted).
+#[derive(Debug)]
+struct CallCounter {
+    calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl aws_sdk_ec2::config::Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "strata-call-counter"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _config: &mut aws_sdk_ec2::config::ConfigBag,
+    ) -> Result<(), aws_sdk_ec2::error::BoxError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// The resource types: name, description, outputs.
@@ -137,7 +170,10 @@ impl Provider for AwsProvider {
             loader = loader.endpoint_url(endpoint);
         }
         let shared = loader.load().await;
-        let client = Client::new(&shared);
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ec2_config =
+            aws_sdk_ec2::config::Builder::from(&shared).interceptor(CallCounter { calls: calls.clone() }).build();
+        let client = Client::from_conf(ec2_config);
         let _ = self.site.set(Site {
             client,
             stack: request.stack.clone(),
@@ -145,6 +181,7 @@ impl Provider for AwsProvider {
             default_tags: config.default_tags,
             cache: Mutex::new(HashMap::new()),
             instance_types: Mutex::new(HashMap::new()),
+            calls,
         });
         ConfigureResponse { diagnostics: vec![], max_concurrency: Some(20) }
     }

@@ -25,6 +25,18 @@ pub(crate) const STACK_TAG: &str = "strata:stack";
 /// The tag naming the address of an object.
 pub(crate) const ADDRESS_TAG: &str = "strata:address";
 
+/// Every page of a paginated `Describe*` call (each page is one API call).
+macro_rules! pages {
+    ($request:expr, $what:expr) => {{
+        let mut stream = $request.into_paginator().send();
+        let mut all = Vec::new();
+        while let Some(page) = stream.next().await {
+            all.push(page.map_err(|e| error($what, e))?);
+        }
+        all
+    }};
+}
+
 /// One object as EC2 describes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
@@ -119,6 +131,14 @@ async fn describe_all(site: &Site, resource_type: &'static str) -> Result<Arc<Ve
     if let Some(found) = cache.get(resource_type) {
         return Ok(found.clone());
     }
+    if resource_type == "aws.volume" || resource_type == "aws.volume_attachment" {
+        // One DescribeVolumes answers both: the volumes and their attachments.
+        let (volumes, attachments) = describe_volumes(site, Some(stack_filter(site)), None).await?;
+        let (volumes, attachments) = (Arc::new(volumes), Arc::new(attachments));
+        cache.insert("aws.volume", volumes.clone());
+        cache.insert("aws.volume_attachment", attachments.clone());
+        return Ok(if resource_type == "aws.volume" { volumes } else { attachments });
+    }
     let found = Arc::new(describe(site, resource_type, Some(stack_filter(site)), None).await?);
     cache.insert(resource_type, found.clone());
     Ok(found)
@@ -140,8 +160,8 @@ async fn describe(
     match resource_type {
         "aws.vpc" => {
             let r = c.describe_vpcs().set_filters(filter.map(|f| vec![f])).set_vpc_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeVpcs", e))?;
-            for v in r.vpcs() {
+            let r = pages!(r, "DescribeVpcs");
+            for v in r.iter().flat_map(|p| p.vpcs()) {
                 let id = v.vpc_id().unwrap_or_default().to_string();
                 let mut spec = Map::new();
                 spec.insert("cidrBlock".into(), json!(v.cidr_block()));
@@ -159,8 +179,8 @@ async fn describe(
                 .describe_subnets()
                 .set_filters(filter.map(|f| vec![f]))
                 .set_subnet_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeSubnets", e))?;
-            for s in r.subnets() {
+            let r = pages!(r, "DescribeSubnets");
+            for s in r.iter().flat_map(|p| p.subnets()) {
                 let id = s.subnet_id().unwrap_or_default().to_string();
                 let mut spec = Map::new();
                 spec.insert("vpcId".into(), json!(s.vpc_id()));
@@ -181,8 +201,8 @@ async fn describe(
                 .describe_internet_gateways()
                 .set_filters(filter.map(|f| vec![f]))
                 .set_internet_gateway_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeInternetGateways", e))?;
-            for g in r.internet_gateways() {
+            let r = pages!(r, "DescribeInternetGateways");
+            for g in r.iter().flat_map(|p| p.internet_gateways()) {
                 let id = g.internet_gateway_id().unwrap_or_default().to_string();
                 let mut spec = Map::new();
                 spec.insert("vpcId".into(), json!(g.attachments().first().and_then(|a| a.vpc_id())));
@@ -195,8 +215,8 @@ async fn describe(
                 .describe_route_tables()
                 .set_filters(filter.map(|f| vec![f]))
                 .set_route_table_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeRouteTables", e))?;
-            for t in r.route_tables() {
+            let r = pages!(r, "DescribeRouteTables");
+            for t in r.iter().flat_map(|p| p.route_tables()) {
                 let id = t.route_table_id().unwrap_or_default().to_string();
                 let mut routes: Vec<Value> = t
                     .routes()
@@ -223,8 +243,8 @@ async fn describe(
                 .describe_security_groups()
                 .set_filters(filter.map(|f| vec![f]))
                 .set_group_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeSecurityGroups", e))?;
-            for g in r.security_groups() {
+            let r = pages!(r, "DescribeSecurityGroups");
+            for g in r.iter().flat_map(|p| p.security_groups()) {
                 let id = g.group_id().unwrap_or_default().to_string();
                 let mut spec = Map::new();
                 spec.insert("vpcId".into(), json!(g.vpc_id()));
@@ -262,8 +282,8 @@ async fn describe(
             let mut filters = vec![states];
             filters.extend(filter);
             let r = c.describe_instances().set_filters(Some(filters)).set_instance_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeInstances", e))?;
-            for i in r.reservations().iter().flat_map(|r| r.instances()) {
+            let r = pages!(r, "DescribeInstances");
+            for i in r.iter().flat_map(|p| p.reservations()).flat_map(|r| r.instances()) {
                 let id = i.instance_id().unwrap_or_default().to_string();
                 let mut groups: Vec<String> =
                     i.security_groups().iter().filter_map(|g| g.group_id().map(String::from)).collect();
@@ -285,48 +305,52 @@ async fn describe(
             }
         }
         "aws.volume" | "aws.volume_attachment" => {
-            let r = c
-                .describe_volumes()
-                .set_filters(filter.map(|f| vec![f]))
-                .set_volume_ids(id.map(|i| vec![i.to_string()]));
-            let r = r.send().await.map_err(|e| error("DescribeVolumes", e))?;
-            for v in r.volumes() {
-                let volume_id = v.volume_id().unwrap_or_default().to_string();
-                if resource_type == "aws.volume" {
-                    let mut spec = Map::new();
-                    spec.insert("availabilityZone".into(), json!(v.availability_zone()));
-                    spec.insert("size".into(), json!(v.size()));
-                    spec.insert("volumeType".into(), json!(v.volume_type().map(|t| t.as_str())));
-                    spec.insert("tags".into(), user_tags(site, v.tags()));
-                    out.push(Live {
-                        outputs: json!({"id": volume_id, "availabilityZone": v.availability_zone()}),
-                        id: volume_id,
-                        address: address_of(v.tags()),
-                        spec,
-                    });
-                } else {
-                    // An attachment is known by `volume:instance`; it has no tags of its
-                    // own, so it is matched by id only.
-                    for a in v.attachments() {
-                        let instance = a.instance_id().unwrap_or_default();
-                        let attachment_id = format!("{volume_id}:{instance}");
-                        let mut spec = Map::new();
-                        spec.insert("volumeId".into(), json!(volume_id));
-                        spec.insert("instanceId".into(), json!(instance));
-                        spec.insert("device".into(), json!(a.device()));
-                        out.push(Live {
-                            outputs: json!({"id": attachment_id}),
-                            id: attachment_id,
-                            address: None,
-                            spec,
-                        });
-                    }
-                }
-            }
+            let (volumes, attachments) = describe_volumes(site, filter, id).await?;
+            out = if resource_type == "aws.volume" { volumes } else { attachments };
         }
         other => return Err(Diagnostic::error(format!("the aws provider has no resource type `{other}`"))),
     }
     Ok(out)
+}
+
+/// Volumes, and the attachments of those volumes (`volume:instance`; attachments carry
+/// no tags of their own, so they are matched by id).
+async fn describe_volumes(
+    site: &Site,
+    filter: Option<Filter>,
+    id: Option<&str>,
+) -> Result<(Vec<Live>, Vec<Live>), Diagnostic> {
+    let request = site
+        .client
+        .describe_volumes()
+        .set_filters(filter.map(|f| vec![f]))
+        .set_volume_ids(id.map(|i| vec![i.to_string()]));
+    let r = pages!(request, "DescribeVolumes");
+    let (mut volumes, mut attachments) = (Vec::new(), Vec::new());
+    for v in r.iter().flat_map(|p| p.volumes()) {
+        let volume_id = v.volume_id().unwrap_or_default().to_string();
+        let mut spec = Map::new();
+        spec.insert("availabilityZone".into(), json!(v.availability_zone()));
+        spec.insert("size".into(), json!(v.size()));
+        spec.insert("volumeType".into(), json!(v.volume_type().map(|t| t.as_str())));
+        spec.insert("tags".into(), user_tags(site, v.tags()));
+        for a in v.attachments() {
+            let instance = a.instance_id().unwrap_or_default();
+            let attachment_id = format!("{volume_id}:{instance}");
+            let mut spec = Map::new();
+            spec.insert("volumeId".into(), json!(volume_id));
+            spec.insert("instanceId".into(), json!(instance));
+            spec.insert("device".into(), json!(a.device()));
+            attachments.push(Live { outputs: json!({"id": attachment_id}), id: attachment_id, address: None, spec });
+        }
+        volumes.push(Live {
+            outputs: json!({"id": volume_id, "availabilityZone": v.availability_zone()}),
+            id: volume_id,
+            address: address_of(v.tags()),
+            spec,
+        });
+    }
+    Ok((volumes, attachments))
 }
 
 fn rules_of(permissions: &[IpPermission]) -> Vec<Value> {
@@ -528,7 +552,35 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
     let address = &request.resource.address;
     let desired = normalize(resource_type, &request.desired);
     let mut gpus = Value::Null;
+    let mut problems = Vec::new();
+    for field in ["cidrBlock", "destinationCidrBlock"] {
+        if let Some(cidr) = text(&desired, field).filter(|c| !unknown::is_unknown_str(c))
+            && !valid_cidr(cidr)
+        {
+            problems.push(
+                Diagnostic::error(format!("`{cidr}` is not an IPv4 CIDR block"))
+                    .with_field(field)
+                    .with_hint("write ADDRESS/LENGTH with a length from 16 to 28, e.g. 10.0.0.0/16"),
+            );
+        }
+    }
+    for (i, rule) in desired.get("ingress").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for cidr in rule.get("cidrBlocks").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !unknown::is_unknown_str(cidr) && !valid_cidr_any(cidr) {
+                problems.push(
+                    Diagnostic::error(format!("`{cidr}` is not an IPv4 CIDR block"))
+                        .with_field(format!("ingress.{i}.cidrBlocks")),
+                );
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return PlanResponse::failed(problems);
+    }
+    // A running instance's type was checked when it was made: only a new type is checked.
+    let type_changes = request.current.as_ref().and_then(|c| c.spec.get("instanceType")) != desired.get("instanceType");
     if resource_type == "aws.instance"
+        && type_changes
         && let Some(instance_type) = text(&desired, "instanceType").filter(|t| !unknown::is_unknown_str(t))
     {
         match check_instance_type(site, instance_type).await {
@@ -594,6 +646,20 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
         }
     };
     PlanResponse { diagnostics: vec![], action, planned_outputs, private: Value::Null }
+}
+
+/// An IPv4 CIDR block as EC2 takes it for VPCs and subnets (/16 to /28).
+fn valid_cidr(cidr: &str) -> bool {
+    cidr.split_once('/').is_some_and(|(address, length)| {
+        address.parse::<std::net::Ipv4Addr>().is_ok() && length.parse::<u8>().is_ok_and(|l| (16..=28).contains(&l))
+    })
+}
+
+/// Any IPv4 CIDR block (rules, routes).
+fn valid_cidr_any(cidr: &str) -> bool {
+    cidr.split_once('/').is_some_and(|(address, length)| {
+        address.parse::<std::net::Ipv4Addr>().is_ok() && length.parse::<u8>().is_ok_and(|l| l <= 32)
+    })
 }
 
 /// Waits until `check` says the object is ready (or the time is up).
