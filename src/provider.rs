@@ -80,6 +80,13 @@ impl Registry {
         self.schemas.get(name)
     }
 
+    /// Every provider's static data, by provider name (templates see it as `providers`).
+    pub fn data(&self) -> Value {
+        Value::Object(
+            self.schemas.iter().filter(|(_, s)| !s.data.is_null()).map(|(name, s)| (name.clone(), s.data.clone())).collect(),
+        )
+    }
+
     /// The provider names.
     pub fn names(&self) -> Vec<&str> {
         self.factories.keys().map(String::as_str).collect()

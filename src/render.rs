@@ -226,6 +226,7 @@ fn render_instance(
         "site": {"name": site_name, "provider": site.provider, "labels": site.labels, "config": site.config},
         "component": {"name": component, "blueprint": blueprint.name, "version": blueprint.version.to_string()},
         "uses": {},
+        "providers": scope.registry.data(),
     });
 
     let mut resources = Vec::new();
@@ -359,6 +360,10 @@ fn environment(blueprint: &Blueprint) -> &Environment<'static> {
         env.add_function("cidrsubnet", filters::cidrsubnet);
         env.add_function("cidrhost", filters::cidrhost);
         env.add_function("ref", reference);
+        // `{{ fail("message") }}` stops rendering with that message, as Helm's `fail` does.
+        env.add_function("fail", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
         env
     })
 }
@@ -639,7 +644,7 @@ fn template_error(blueprint: &Blueprint, name: &str, source: &str, e: &minijinja
     let mut d = Diagnostic::error(format!("template error: {}", error_text(e))).at(location);
     d = match e.kind() {
         minijinja::ErrorKind::UndefinedError => d.hint(
-            "templates see `inputs`, `site`, `component` and `uses`; check the spelling, or test optional values with `is defined`",
+            "templates see `inputs`, `site`, `component`, `uses` and `providers`; check the spelling, or test optional values with `is defined`",
         ),
         minijinja::ErrorKind::UnknownFilter | minijinja::ErrorKind::UnknownFunction => {
             d.hint("strata adds `toyaml`, `tojson`, `b64encode`, `b64decode`, `sha256`, `cidrsubnet`, `cidrhost` and `ref()` to minijinja's built-ins")

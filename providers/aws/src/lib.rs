@@ -126,6 +126,38 @@ fn schema_of(name: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Bool(true))
 }
 
+/// GPU instance types by model and count, for blueprints (`providers.aws.gpuInstanceTypes`):
+/// a static table of well-known types; what a region really offers is checked at plan
+/// against `DescribeInstanceTypes`.
+pub fn gpu_instance_types() -> Value {
+    const TABLE: &[(&str, &str, u32, u32)] = &[
+        // instance type, GPU model, GPUs, memory per GPU (GiB)
+        ("g4dn.xlarge", "T4", 1, 16),
+        ("g4dn.12xlarge", "T4", 4, 16),
+        ("g5.xlarge", "A10G", 1, 24),
+        ("g5.12xlarge", "A10G", 4, 24),
+        ("g5.48xlarge", "A10G", 8, 24),
+        ("g6.xlarge", "L4", 1, 24),
+        ("g6.12xlarge", "L4", 4, 24),
+        ("g6.48xlarge", "L4", 8, 24),
+        ("p3.2xlarge", "V100", 1, 16),
+        ("p3.8xlarge", "V100", 4, 16),
+        ("p3.16xlarge", "V100", 8, 16),
+        ("p4d.24xlarge", "A100", 8, 40),
+        ("p4de.24xlarge", "A100", 8, 80),
+        ("p5.48xlarge", "H100", 8, 80),
+        ("p5e.48xlarge", "H200", 8, 141),
+    ];
+    Value::Array(
+        TABLE
+            .iter()
+            .map(|(t, model, count, memory)| {
+                serde_json::json!({"instanceType": t, "gpuModel": model, "gpuCount": count, "gpuMemoryGib": memory})
+            })
+            .collect(),
+    )
+}
+
 impl AwsProvider {
     fn site(&self) -> Result<&Site, Diagnostic> {
         self.site.get().ok_or_else(|| Diagnostic::error("the aws provider was not configured"))
@@ -148,6 +180,7 @@ impl Provider for AwsProvider {
                     outputs: outputs.iter().map(|o| o.to_string()).collect(),
                 })
                 .collect(),
+            data: serde_json::json!({"gpuInstanceTypes": gpu_instance_types()}),
         }
     }
 

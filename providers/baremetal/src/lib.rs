@@ -238,6 +238,7 @@ impl Provider for BaremetalProvider {
                     &["id", "stdout"],
                 ),
             ],
+            data: Value::Null,
         }
     }
 

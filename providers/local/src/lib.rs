@@ -286,6 +286,7 @@ impl Provider for LocalProvider {
                     outputs: vec!["stdout".into()],
                 },
             ],
+            data: Value::Null,
         }
     }
 

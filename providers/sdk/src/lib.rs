@@ -135,6 +135,10 @@ pub struct ProviderSchema {
     pub config: Value,
     /// The resource types it manages.
     pub resource_types: Vec<ResourceTypeSchema>,
+    /// Static data blueprints may read as `providers.<name>` (e.g. which instance types
+    /// carry which GPUs); `null` when there is none.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
 }
 
 /// Configure the provider for one site.

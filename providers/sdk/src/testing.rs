@@ -104,6 +104,7 @@ impl Provider for MemoryProvider {
                 spec: json!({"type": "object"}),
                 outputs: vec!["id".into()],
             }],
+            data: Value::Null,
         }
     }
 
