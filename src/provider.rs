@@ -83,7 +83,11 @@ impl Registry {
     /// Every provider's static data, by provider name (templates see it as `providers`).
     pub fn data(&self) -> Value {
         Value::Object(
-            self.schemas.iter().filter(|(_, s)| !s.data.is_null()).map(|(name, s)| (name.clone(), s.data.clone())).collect(),
+            self.schemas
+                .iter()
+                .filter(|(_, s)| !s.data.is_null())
+                .map(|(name, s)| (name.clone(), s.data.clone()))
+                .collect(),
         )
     }
 

@@ -524,7 +524,7 @@ fn resource_from(
         ),
         Some(info) if info.provider != site.provider => diags.push(
             Diagnostic::error(format!(
-                "`{}` is a `{}` resource, but site `{}` uses provider `{}`",
+                "`{}` belongs to provider `{}`, but site `{}` uses provider `{}`",
                 raw.resource_type, info.provider, scope.site, site.provider
             ))
             .at(doc.locate("/type"))

@@ -277,3 +277,29 @@ fn bad_input_is_refused_naming_site_and_field_and_records_nothing() {
         assert!(value["resources"].as_object().unwrap().is_empty(), "{value}");
     }
 }
+
+#[test]
+fn import_takes_an_existing_vpc_under_management() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = moto.stack(dir.path(), "p4d.24xlarge", 1);
+    let vpc = moto.boto("print(json.dumps(ec2.create_vpc(CidrBlock='10.40.0.0/16')['Vpc']['VpcId']))");
+    let vpc = vpc.as_str().unwrap();
+    let imported = moto.strata(&stack, &["import", "us-east/training/aws.vpc/main", vpc]);
+    assert!(imported.status.success(), "{}", text(&imported));
+    // Now the stack's: tagged with its address, and planned as the existing object.
+    let tags = moto.boto(&format!(
+        "print(json.dumps({{t['Key']: t['Value'] for t in ec2.describe_vpcs(VpcIds=['{vpc}'])['Vpcs'][0]['Tags']}}))"
+    ));
+    assert_eq!(tags["strata:address"], "us-east/training/aws.vpc/main");
+    let plan = moto.strata(&stack, &["plan", "--json"]);
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap_or_else(|_| panic!("{}", text(&plan)));
+    let change =
+        plan["changes"].as_array().unwrap().iter().find(|c| c["address"] == "us-east/training/aws.vpc/main").unwrap();
+    assert_ne!(change["action"], "create", "{change}");
+    let applied = moto.strata(&stack, &["apply", "--auto-approve"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let vpcs = moto
+        .boto("print(json.dumps(len([v for v in ec2.describe_vpcs()['Vpcs'] if v['CidrBlock'] == '10.40.0.0/16'])))");
+    assert_eq!(vpcs, serde_json::json!(1), "the imported VPC was used, not a second one made");
+}
