@@ -21,6 +21,7 @@ use crate::plan::{Action, Change, Plan, keep_ignored, lookup_field};
 use crate::provider::ConfiguredSite;
 use crate::state::{Backend, COMPACT_EVERY, Intent, ResourceRecord, State, StateChange};
 use crate::walk::{self, Limits, Node, Outcome};
+use tracing::Instrument as _;
 
 /// Suffix of the address under which a replaced object waits for its deletion.
 pub const DEPOSED: &str = "#deposed";
@@ -163,7 +164,11 @@ pub async fn apply(
                 progress.started(&change.address, change.action);
             }
             let result = match site {
-                Some(site) => apply_one(change, &site, &recorder, &outputs).await,
+                Some(site) => {
+                    apply_one(change, &site, &recorder, &outputs)
+                        .instrument(tracing::info_span!("apply", address = %change.address, action = ?change.action))
+                        .await
+                }
                 None => Err(vec![Diagnostic::error(format!("site `{}` is not configured", change.site))]),
             };
             // Provider messages may quote what they were given: sensitive values never show.
@@ -311,8 +316,6 @@ async fn apply_one(
     recorder: &Recorder,
     outputs: &Mutex<HashMap<String, Value>>,
 ) -> Result<(), Vec<Diagnostic>> {
-    let span = tracing::info_span!("resource", address = %change.address, action = ?change.action);
-    let _enter = span.enter();
     let provider = &site.provider;
     let address = &change.address;
     let publish = |values: &Value| {

@@ -20,6 +20,7 @@ use crate::provider::{ConfiguredSite, SiteConnection};
 use crate::render::{Lifecycle, Rendered};
 use crate::state::State;
 use crate::walk::{self, Limits, Node, Outcome};
+use tracing::Instrument as _;
 
 /// The format tag of saved plans.
 pub const PLAN_FORMAT: &str = "strata-plan/v1";
@@ -363,6 +364,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
             let secrets = crate::diagnostics::secrets_at(items[i].desired.as_ref(), &items[i].sensitive);
             let result = match site {
                 Some(site) => plan_one(&items[i], &site, &known)
+                    .instrument(tracing::info_span!("plan", address = %items[i].address))
                     .await
                     .map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect()),
                 None => Err(vec![
