@@ -412,3 +412,26 @@ fn a_connection_killed_mid_apply_is_retried() {
     assert!(log.matches("start").count() >= 2, "the command ran again after the connection dropped: {log}");
     assert!(log.ends_with("end\n"), "{log}");
 }
+
+#[test]
+fn a_moved_file_is_replaced_and_the_old_one_removed() {
+    let fleet = Fleet::up("bm-move", 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (host, address) = fleet.hosts()[0].clone();
+    let config = format!(
+        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
+        fleet.json["identityFile"].as_str().unwrap(),
+        fleet.json["knownHosts"].as_str().unwrap()
+    );
+    let file =
+        |path: &str| format!("type: baremetal.file\nname: f\nspec: {{host: {host}, path: {path}, content: moved}}\n");
+    let stack = inline_stack(dir.path(), &config, &file("/root/a"));
+    assert!(strata(&stack, &["apply", "--auto-approve"]).status.success());
+    inline_stack(dir.path(), &config, &file("/root/b"));
+    let plan = strata(&stack, &["plan"]);
+    assert!(text(&plan).contains("must be replaced"), "{}", text(&plan));
+    let applied = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert_eq!(fleet.exec_ok(&host, "cat /root/b"), "moved");
+    assert!(!fleet.exec(&host, "test -e /root/a").status.success(), "the old file was left behind");
+}

@@ -512,6 +512,17 @@ fn write_only(resource_type: &str) -> &'static [&'static str] {
     }
 }
 
+/// The spec without the write-only fields the live side does not have.
+fn strip(spec: &Value, resource_type: &str) -> Value {
+    let mut spec = spec.clone();
+    if let Value::Object(map) = &mut spec {
+        for f in write_only(resource_type) {
+            map.remove(*f);
+        }
+    }
+    spec
+}
+
 /// Checks an instance type against `DescribeInstanceTypes`; returns its GPU info.
 async fn check_instance_type(site: &Site, instance_type: &str) -> Result<Value, String> {
     let mut known = site.instance_types.lock().await;
@@ -598,9 +609,12 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
         None => PlannedAction::Create,
         Some(current) => {
             let live = normalize(resource_type, &current.spec);
+            // A write-only field with no recorded value (an adopted or imported object) cannot
+            // be compared: it is not a reason to replace.
+            let unknown_write_only = |f: &str| write_only(resource_type).contains(&f) && live.get(f).is_none();
             let reasons: Vec<String> = replacing_fields(resource_type)
                 .iter()
-                .filter(|f| desired.get(**f).is_some() && live.get(**f) != desired.get(**f))
+                .filter(|f| desired.get(**f).is_some() && live.get(**f) != desired.get(**f) && !unknown_write_only(f))
                 .map(|f| {
                     let from = live.get(*f).map(|v| v.to_string()).unwrap_or_else(|| "nothing".into());
                     format!("`{f}` cannot change in place (now {from})")
@@ -608,7 +622,10 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
                 .collect();
             if !reasons.is_empty() {
                 PlannedAction::Replace { reasons }
-            } else if live == desired {
+            } else if live == desired
+                || write_only(resource_type).iter().all(|f| live.get(*f).is_some() || desired.get(*f).is_none())
+                    && strip(&live, resource_type) == strip(&desired, resource_type)
+            {
                 PlannedAction::NoOp
             } else {
                 PlannedAction::Update { patch: diff(&live, &desired) }
@@ -645,7 +662,17 @@ pub(crate) async fn plan(site: &Site, request: &PlanRequest) -> PlanResponse {
             Value::Object(outputs)
         }
     };
-    PlanResponse { diagnostics: vec![], action, planned_outputs, private: Value::Null }
+    // A create gets a token of its own, made now: a retried call of this apply returns the
+    // same object, and a later create (after a destroy) is a new one.
+    let private = match &action {
+        PlannedAction::Create | PlannedAction::Replace { .. } => {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            json!({"clientToken": client_token(address, &json!([desired, nanos.to_string()]))})
+        }
+        _ => Value::Null,
+    };
+    PlanResponse { diagnostics: vec![], action, planned_outputs, private }
 }
 
 /// An IPv4 CIDR block as EC2 takes it for VPCs and subnets (/16 to /28).
@@ -725,6 +752,12 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
     let desired = normalize(resource_type, &request.desired);
     let c = &site.client;
     let current = request.current.as_ref();
+    let token = request
+        .private
+        .get("clientToken")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| client_token(address, &desired));
     let id = match (resource_type, current) {
         (_, Some(current)) => {
             update(site, resource_type, &current.id, address, &desired, current).await?;
@@ -826,7 +859,7 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
                 .instance_type(InstanceType::from(text(&desired, "instanceType").unwrap_or_default()))
                 .min_count(1)
                 .max_count(1)
-                .client_token(client_token(address, &desired))
+                .client_token(token.clone())
                 .set_subnet_id(text(&desired, "subnetId").map(String::from))
                 .set_key_name(text(&desired, "keyName").map(String::from))
                 .set_security_group_ids(
@@ -851,15 +884,20 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
             let id = r.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_string();
             let check = id.clone();
             wait_for(&format!("instance {id} to run"), || async {
-                let r = c
-                    .describe_instances()
-                    .instance_ids(&check)
-                    .send()
-                    .await
-                    .map_err(|e| error("DescribeInstances", e))?;
+                // Right after a create, EC2 may not know the id yet: not an error.
+                let r = match c.describe_instances().instance_ids(&check).send().await {
+                    Ok(r) => r,
+                    Err(e) if e.code().is_some_and(|code| code.contains("NotFound")) => return Ok(false),
+                    Err(e) => return Err(error("DescribeInstances", e)),
+                };
                 let state =
                     r.reservations().iter().flat_map(|r| r.instances()).find_map(|i| i.state()?.name().cloned());
-                Ok(state == Some(InstanceStateName::Running))
+                match state {
+                    Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown) => {
+                        Err(Diagnostic::error(format!("instance {check} terminated while starting")))
+                    }
+                    other => Ok(other == Some(InstanceStateName::Running)),
+                }
             })
             .await?;
             id
@@ -870,7 +908,7 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
                 .availability_zone(text(&desired, "availabilityZone").unwrap_or_default())
                 .set_size(desired.get("size").and_then(Value::as_i64).map(|s| s as i32))
                 .set_volume_type(text(&desired, "volumeType").map(VolumeType::from))
-                .client_token(client_token(address, &desired))
+                .client_token(token.clone())
                 .tag_specifications(tag_spec(site, ResourceType::Volume, address, &desired))
                 .send()
                 .await
@@ -924,7 +962,12 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
 
 async fn wait_volume(site: &Site, id: &str, wanted: &str) -> Result<(), Diagnostic> {
     wait_for(&format!("volume {id} to be {wanted}"), || async {
-        let r = site.client.describe_volumes().volume_ids(id).send().await.map_err(|e| error("DescribeVolumes", e))?;
+        let r = match site.client.describe_volumes().volume_ids(id).send().await {
+            Ok(r) => r,
+            // Right after a create, EC2 may not know the id yet: not an error.
+            Err(e) if e.code().is_some_and(|code| code.contains("NotFound")) => return Ok(false),
+            Err(e) => return Err(error("DescribeVolumes", e)),
+        };
         Ok(r.volumes().first().and_then(|v| v.state()).map(|s| s.as_str()) == Some(wanted))
     })
     .await

@@ -137,6 +137,9 @@ impl Connection {
 
 fn serve(endpoint: Endpoint, keys: HostKeys, timeouts: Timeouts, queue: mpsc::Receiver<Job>) {
     let mut session: Option<Session> = None;
+    // A host that just refused or timed out is not tried again for every queued command:
+    // they fail at once with the same error for a few seconds.
+    let mut last_failure: Option<(std::time::Instant, ExecError)> = None;
     loop {
         let job = match queue.recv_timeout(Duration::from_secs(15)) {
             Ok(job) => job,
@@ -155,10 +158,23 @@ fn serve(endpoint: Endpoint, keys: HostKeys, timeouts: Timeouts, queue: mpsc::Re
             attempt += 1;
             let s = match session.take() {
                 Some(s) => s,
-                None => match connect(&endpoint, &keys, timeouts) {
-                    Ok(s) => s,
-                    Err(e) => break Err(e),
-                },
+                None => {
+                    if let Some((when, e)) = &last_failure
+                        && when.elapsed() < Duration::from_secs(5)
+                    {
+                        break Err(e.clone());
+                    }
+                    match connect(&endpoint, &keys, timeouts) {
+                        Ok(s) => {
+                            last_failure = None;
+                            s
+                        }
+                        Err(e) => {
+                            last_failure = Some((std::time::Instant::now(), e.clone()));
+                            break Err(e);
+                        }
+                    }
+                }
             };
             let result = run(&s, &job.command, job.stdin.as_deref(), timeouts);
             session = Some(s);
@@ -197,10 +213,12 @@ fn run(session: &Session, command: &str, stdin: Option<&[u8]>, timeouts: Timeout
     let mut stderr = Vec::new();
     channel.stderr().read_to_end(&mut stderr).map_err(|e| RunError::During(e.to_string()))?;
     channel.wait_close().map_err(|e| RunError::During(e.to_string()))?;
-    let code = channel.exit_status().unwrap_or(-1);
-    if code == -1 && channel.exit_signal().ok().and_then(|s| s.exit_signal).is_none() && stdout.is_empty() {
-        return Err(RunError::During("the command ended without an exit status".into()));
+    // A command killed by a signal has no exit status (libssh2 then says 0): it failed.
+    if let Some(signal) = channel.exit_signal().ok().and_then(|s| s.exit_signal) {
+        stderr.extend_from_slice(format!("\nkilled by signal {signal}").as_bytes());
+        return Ok(Output { code: -1, stdout, stderr });
     }
+    let code = channel.exit_status().unwrap_or(-1);
     Ok(Output { code, stdout, stderr })
 }
 
@@ -373,6 +391,14 @@ fn check_host_key(session: &Session, endpoint: &Endpoint, keys: &HostKeys) -> Re
             )))
         }
         CheckResult::NotFound if keys.accept_new => {
+            // Hosts connect in parallel: one writer at a time, each re-reading the file, so
+            // no new key overwrites another.
+            static KNOWN_HOSTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _guard = KNOWN_HOSTS.lock().unwrap_or_else(|e| e.into_inner());
+            let mut known = session.known_hosts().map_err(|e| ExecError::HostKey(e.to_string()))?;
+            if keys.known_hosts.exists() {
+                let _ = known.read_file(&keys.known_hosts, KnownHostFileKind::OpenSSH);
+            }
             let name = known_hosts_name(&endpoint.address, endpoint.port);
             known
                 .add(&name, key, &format!("added by strata for {}", endpoint.name), key_type.into())

@@ -323,11 +323,20 @@ impl Provider for BaremetalProvider {
     }
 
     async fn read(&self, request: ReadRequest) -> ReadResponse {
-        let spec = if request.spec.is_null() {
+        let mut spec = if request.spec.is_null() {
             request.prior.as_ref().map(|p| p.spec.clone()).unwrap_or(Value::Null)
         } else {
             request.spec.clone()
         };
+        // What exists is where it was made: a changed host, path or name is read at the old
+        // place, so the plan replaces it (and removes the old one) instead of leaving it.
+        if let (Some(prior), Value::Object(map)) = (&request.prior, &mut spec) {
+            for field in ["host", "path", "name"] {
+                if let Some(old) = prior.spec.get(field) {
+                    map.insert(field.to_string(), old.clone());
+                }
+            }
+        }
         let host = match self.host(&spec) {
             Ok(h) => h,
             Err(d) => return ReadResponse { diagnostics: vec![d], state: None },
