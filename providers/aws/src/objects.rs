@@ -353,47 +353,40 @@ async fn describe_volumes(
     Ok((volumes, attachments))
 }
 
+/// Rules as one entry per (protocol, ports, CIDR): EC2 merges rules that share protocol
+/// and ports, so entries are what both sides can be compared by.
 fn rules_of(permissions: &[IpPermission]) -> Vec<Value> {
     let mut rules = Vec::new();
     for p in permissions {
-        let mut cidrs: Vec<String> = p.ip_ranges().iter().filter_map(|r| r.cidr_ip().map(String::from)).collect();
-        cidrs.sort();
         let protocol = p.ip_protocol().unwrap_or("-1");
         let (from, to) = if protocol == "-1" { (None, None) } else { (p.from_port(), p.to_port()) };
-        rules.push(json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": cidrs}));
+        for cidr in p.ip_ranges().iter().filter_map(|r| r.cidr_ip()) {
+            rules.push(json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": [cidr]}));
+        }
     }
     rules.sort_by_key(|r| r.to_string());
+    rules.dedup();
     rules
 }
 
-/// Normalizes a desired rule the way EC2 describes it back.
+/// Normalizes desired rules the way [`rules_of`] reads them back.
 fn normalize_rules(rules: Option<&Value>) -> Vec<Value> {
-    let mut out: Vec<Value> = rules
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let mut cidrs: Vec<String> = r
-                .get("cidrBlocks")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect();
-            cidrs.sort();
-            let protocol = r.get("protocol").and_then(Value::as_str).unwrap_or("tcp");
-            // "All traffic" has no ports, however the spec writes them.
-            let (from, to) = if protocol == "-1" {
-                (Value::Null, Value::Null)
-            } else {
-                let from = r.get("fromPort").cloned().unwrap_or(Value::Null);
-                (from.clone(), r.get("toPort").cloned().unwrap_or(from))
-            };
-            json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": cidrs})
-        })
-        .collect();
+    let mut out = Vec::new();
+    for r in rules.and_then(Value::as_array).into_iter().flatten() {
+        let protocol = r.get("protocol").and_then(Value::as_str).unwrap_or("tcp");
+        // "All traffic" has no ports, however the spec writes them.
+        let (from, to) = if protocol == "-1" {
+            (Value::Null, Value::Null)
+        } else {
+            let from = r.get("fromPort").cloned().unwrap_or(Value::Null);
+            (from.clone(), r.get("toPort").cloned().unwrap_or(from))
+        };
+        for cidr in r.get("cidrBlocks").and_then(Value::as_array).into_iter().flatten() {
+            out.push(json!({"protocol": protocol, "fromPort": from, "toPort": to, "cidrBlocks": [cidr]}));
+        }
+    }
     out.sort_by_key(|r| r.to_string());
+    out.dedup();
     out
 }
 
@@ -496,7 +489,7 @@ fn replacing_fields(resource_type: &str) -> &'static [&'static str] {
         "aws.instance" => {
             &["imageId", "instanceType", "subnetId", "keyName", "userData", "rootVolumeSize", "securityGroupIds"]
         }
-        "aws.volume" => &["availabilityZone", "volumeType"],
+        "aws.volume" => &["availabilityZone"],
         "aws.volume_attachment" => &["volumeId", "instanceId", "device"],
         _ => &[],
     }
@@ -1120,11 +1113,15 @@ async fn update(
         }
         "aws.volume" => {
             let size = desired.get("size").and_then(Value::as_i64);
-            if size.is_some() && size != current.spec.get("size").and_then(Value::as_i64) {
+            let volume_type = text(desired, "volumeType");
+            let size_changes = size.is_some() && size != current.spec.get("size").and_then(Value::as_i64);
+            let type_changes = volume_type.is_some() && volume_type != text(&current.spec, "volumeType");
+            if size_changes || type_changes {
                 site.client
                     .modify_volume()
                     .volume_id(id)
-                    .set_size(size.map(|s| s as i32))
+                    .set_size(size.filter(|_| size_changes).map(|s| s as i32))
+                    .set_volume_type(volume_type.filter(|_| type_changes).map(VolumeType::from))
                     .send()
                     .await
                     .map_err(|e| error("ModifyVolume", e))?;
