@@ -263,6 +263,39 @@ struct Item {
 }
 
 impl Item {
+    /// The change of this resource, with what the provider decided.
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &self,
+        action: Action,
+        reasons: Vec<String>,
+        live: Option<&ResourceState>,
+        after: Option<Value>,
+        planned_outputs: Value,
+        current: Option<ResourceState>,
+        private: Value,
+    ) -> Change {
+        Change {
+            address: self.address.clone(),
+            resource_type: self.resource_type.clone(),
+            site: self.site.clone(),
+            component: self.component.clone(),
+            name: self.name.clone(),
+            blueprint: self.blueprint.clone(),
+            action,
+            reasons,
+            before: live.map(|c| c.spec.clone()),
+            after,
+            planned_outputs,
+            depends_on: self.depends_on.clone(),
+            lifecycle: self.lifecycle.clone(),
+            sensitive: self.sensitive.clone(),
+            current,
+            private,
+            refresh_record: false,
+        }
+    }
+
     fn resource(&self) -> ResourceAddress {
         ResourceAddress {
             address: self.address.clone(),
@@ -517,26 +550,9 @@ async fn plan_one(
         if item.lifecycle.prevent_destroy {
             return Err(vec![prevent_destroy_error(address, "delete")]);
         }
-        return Ok(Change {
-            address: address.clone(),
-            resource_type: item.resource_type.clone(),
-            site: item.site.clone(),
-            component: item.component.clone(),
-            name: item.name.clone(),
-            blueprint: item.blueprint.clone(),
-            action: Action::Delete,
-            reasons: vec![],
-            before: current.as_ref().map(|c| c.spec.clone()),
-            after: None,
-            planned_outputs: Value::Null,
-            depends_on: item.depends_on.clone(),
-            lifecycle: item.lifecycle.clone(),
-            sensitive: item.sensitive.clone(),
-            // Delete what was recorded when it can no longer be read.
-            current: current.or_else(|| item.prior.clone()),
-            private: Value::Null,
-            refresh_record: false,
-        });
+        // Delete what was recorded when it can no longer be read.
+        let recorded = current.clone().or_else(|| item.prior.clone());
+        return Ok(item.change(Action::Delete, vec![], current.as_ref(), None, Value::Null, recorded, Value::Null));
     };
     if let Some(current) = &current
         && !item.lifecycle.ignore_changes.is_empty()
@@ -562,25 +578,8 @@ async fn plan_one(
         planned.planned_outputs
     };
     known.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), planned_outputs.clone());
-    Ok(Change {
-        address: address.clone(),
-        resource_type: item.resource_type.clone(),
-        site: item.site.clone(),
-        component: item.component.clone(),
-        name: item.name.clone(),
-        blueprint: item.blueprint.clone(),
-        action,
-        reasons,
-        before: current.as_ref().map(|c| c.spec.clone()),
-        after: Some(desired),
-        planned_outputs,
-        depends_on: item.depends_on.clone(),
-        lifecycle: item.lifecycle.clone(),
-        sensitive: item.sensitive.clone(),
-        current,
-        private: planned.private,
-        refresh_record: false,
-    })
+    let before = current.clone();
+    Ok(item.change(action, reasons, before.as_ref(), Some(desired), planned_outputs, current, planned.private))
 }
 
 fn prevent_destroy_error(address: &str, what: &str) -> Diagnostic {

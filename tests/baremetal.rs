@@ -44,21 +44,16 @@ impl Fleet {
     }
 
     fn hosts(&self) -> Vec<(String, String)> {
-        self.json["hosts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|h| {
-                (
-                    h["name"].as_str().unwrap_or_default().to_string(),
-                    h["address"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
+        self.host_list("hosts")
     }
 
     fn inner_hosts(&self) -> Vec<(String, String)> {
-        self.json["innerHosts"]
+        self.host_list("innerHosts")
+    }
+
+    /// (name, address) of the hosts under `key` of the fleet JSON.
+    fn host_list(&self, key: &str) -> Vec<(String, String)> {
+        self.json[key]
             .as_array()
             .into_iter()
             .flatten()

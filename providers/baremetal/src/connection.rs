@@ -286,46 +286,49 @@ fn pump(session: Session, mut channel: ssh2::Channel, mut local: UnixStream) {
         return;
     }
     let mut buffer = vec![0u8; 64 * 1024];
-    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
     loop {
-        let mut idle = true;
-        match local.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => {
-                idle = false;
-                let mut sent = 0;
-                while sent < n {
-                    match channel.write(&buffer[sent..n]) {
-                        Ok(m) => sent += m,
-                        Err(e) if would_block(&e) => std::thread::sleep(Duration::from_millis(1)),
-                        Err(_) => return,
-                    }
+        // The socket reads 0 only when our side closed; the channel reads 0 when it has
+        // nothing now (its end is `eof()`).
+        let up = forward(&mut local, &mut channel, &mut buffer, true);
+        let down = forward(&mut channel, &mut local, &mut buffer, false);
+        match (up, down) {
+            (Flow::Closed, _) | (_, Flow::Closed) => break,
+            (Flow::Idle, Flow::Idle) => {
+                if channel.eof() {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            Err(e) if would_block(&e) => {}
-            Err(_) => break,
-        }
-        match channel.read(&mut buffer) {
-            Ok(0) if channel.eof() => break,
-            Ok(0) => {}
-            Ok(n) => {
-                idle = false;
-                let mut sent = 0;
-                while sent < n {
-                    match local.write(&buffer[sent..n]) {
-                        Ok(m) => sent += m,
-                        Err(e) if would_block(&e) => std::thread::sleep(Duration::from_millis(1)),
-                        Err(_) => return,
-                    }
-                }
-            }
-            Err(e) if would_block(&e) => {}
-            Err(_) => break,
-        }
-        if idle {
-            std::thread::sleep(Duration::from_millis(1));
+            _ => {}
         }
     }
+}
+
+enum Flow {
+    Moved,
+    Idle,
+    Closed,
+}
+
+/// Moves what `from` has now to `to` (both non-blocking).
+fn forward(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8], zero_is_end: bool) -> Flow {
+    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+    let n = match from.read(buffer) {
+        Ok(0) if zero_is_end => return Flow::Closed,
+        Ok(0) => return Flow::Idle,
+        Ok(n) => n,
+        Err(e) if would_block(&e) => return Flow::Idle,
+        Err(_) => return Flow::Closed,
+    };
+    let mut sent = 0;
+    while sent < n {
+        match to.write(&buffer[sent..n]) {
+            Ok(m) => sent += m,
+            Err(e) if would_block(&e) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return Flow::Closed,
+        }
+    }
+    Flow::Moved
 }
 
 /// Connects, checks the host key, logs in.
