@@ -430,3 +430,27 @@ fn a_moved_file_is_replaced_and_the_old_one_removed() {
     assert_eq!(fleet.exec_ok(&host, "cat /root/b"), "moved");
     assert!(!fleet.exec(&host, "test -e /root/a").status.success(), "the old file was left behind");
 }
+
+#[test]
+fn a_command_over_its_timeout_fails_and_is_not_run_twice() {
+    let fleet = Fleet::up("bm-timeout", 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (host, address) = fleet.hosts()[0].clone();
+    let config = format!(
+        "        identityFile: {}\n        knownHosts: {}\n        commandTimeout: 2\n        hosts: [{{name: {host}, address: {address}}}]\n",
+        fleet.json["identityFile"].as_str().unwrap(),
+        fleet.json["knownHosts"].as_str().unwrap()
+    );
+    let stack = inline_stack(
+        dir.path(),
+        &config,
+        &format!(
+            "type: baremetal.command\nname: slow\nspec: {{host: {host}, run: \"echo start >> /root/log; sleep 6\"}}\n"
+        ),
+    );
+    let applied = strata(&stack, &["apply", "--auto-approve"]);
+    assert_eq!(applied.status.code(), Some(1), "{}", text(&applied));
+    assert!(text(&applied).contains("did not finish within 2 s"), "{}", text(&applied));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(fleet.exec_ok(&host, "grep -c start /root/log").trim(), "1", "a timed-out command was run again");
+}

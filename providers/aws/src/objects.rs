@@ -866,9 +866,15 @@ pub(crate) async fn apply(site: &Site, request: &ApplyRequest) -> Result<Resourc
                 )
                 .tag_specifications(tag_spec(site, ResourceType::Instance, address, &desired));
             if let Some(size) = desired.get("rootVolumeSize").and_then(Value::as_i64) {
+                // The root device's name depends on the image (`/dev/xvda`, `/dev/sda1`).
+                let image = text(&desired, "imageId").unwrap_or_default();
+                let images =
+                    c.describe_images().image_ids(image).send().await.map_err(|e| error("DescribeImages", e))?;
+                let root =
+                    images.images().first().and_then(|i| i.root_device_name()).unwrap_or("/dev/xvda").to_string();
                 run = run.block_device_mappings(
                     BlockDeviceMapping::builder()
-                        .device_name("/dev/xvda")
+                        .device_name(root)
                         .ebs(EbsBlockDevice::builder().volume_size(size as i32).build())
                         .build(),
                 );

@@ -86,6 +86,8 @@ pub enum ExecError {
     HostKey(String),
     /// Login refused: never retried.
     Auth(String),
+    /// The command outlived `commandTimeout`: not retried (it may still be running).
+    TimedOut(String),
 }
 
 impl ExecError {
@@ -97,7 +99,11 @@ impl ExecError {
     /// The message.
     pub fn message(&self) -> &str {
         match self {
-            ExecError::Unreachable(m) | ExecError::Lost(m) | ExecError::HostKey(m) | ExecError::Auth(m) => m,
+            ExecError::Unreachable(m)
+            | ExecError::Lost(m)
+            | ExecError::HostKey(m)
+            | ExecError::Auth(m)
+            | ExecError::TimedOut(m) => m,
         }
     }
 }
@@ -185,6 +191,14 @@ fn serve(endpoint: Endpoint, keys: HostKeys, timeouts: Timeouts, queue: mpsc::Re
                     tracing::debug!(host = %endpoint.name, "reconnecting: {e}");
                     session = None;
                 }
+                Err(RunError::TimedOut) => {
+                    session = None;
+                    break Err(ExecError::TimedOut(format!(
+                        "the command did not finish within {} s on {} (commandTimeout); it was not retried, as it may still be running",
+                        timeouts.command.as_secs(),
+                        endpoint.name
+                    )));
+                }
                 Err(RunError::BeforeStart(e)) | Err(RunError::During(e)) => {
                     session = None;
                     break Err(ExecError::Lost(format!("the SSH connection to {} dropped: {e}", endpoint.name)));
@@ -198,6 +212,14 @@ fn serve(endpoint: Endpoint, keys: HostKeys, timeouts: Timeouts, queue: mpsc::Re
 enum RunError {
     BeforeStart(String),
     During(String),
+    TimedOut,
+}
+
+impl RunError {
+    /// An I/O error while the command runs: a timeout, or a dropped connection.
+    fn during(e: std::io::Error) -> RunError {
+        if e.kind() == std::io::ErrorKind::TimedOut { RunError::TimedOut } else { RunError::During(e.to_string()) }
+    }
 }
 
 fn run(session: &Session, command: &str, stdin: Option<&[u8]>, timeouts: Timeouts) -> Result<Output, RunError> {
@@ -205,14 +227,14 @@ fn run(session: &Session, command: &str, stdin: Option<&[u8]>, timeouts: Timeout
     let mut channel = session.channel_session().map_err(|e| RunError::BeforeStart(e.to_string()))?;
     channel.exec(command).map_err(|e| RunError::BeforeStart(e.to_string()))?;
     if let Some(input) = stdin {
-        channel.write_all(input).map_err(|e| RunError::During(e.to_string()))?;
+        channel.write_all(input).map_err(RunError::during)?;
     }
-    channel.send_eof().map_err(|e| RunError::During(e.to_string()))?;
+    channel.send_eof().map_err(|e| RunError::during(e.into()))?;
     let mut stdout = Vec::new();
-    channel.read_to_end(&mut stdout).map_err(|e| RunError::During(e.to_string()))?;
+    channel.read_to_end(&mut stdout).map_err(RunError::during)?;
     let mut stderr = Vec::new();
-    channel.stderr().read_to_end(&mut stderr).map_err(|e| RunError::During(e.to_string()))?;
-    channel.wait_close().map_err(|e| RunError::During(e.to_string()))?;
+    channel.stderr().read_to_end(&mut stderr).map_err(RunError::during)?;
+    channel.wait_close().map_err(|e| RunError::during(e.into()))?;
     // A command killed by a signal has no exit status (libssh2 then says 0): it failed.
     if let Some(signal) = channel.exit_signal().ok().and_then(|s| s.exit_signal) {
         stderr.extend_from_slice(format!("\nkilled by signal {signal}").as_bytes());
