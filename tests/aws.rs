@@ -160,6 +160,20 @@ fn gpu_nodes_converge_show_drift_replace_on_type_change_and_destroy_everything()
     assert_eq!(changed, vec![("us-east/training/aws.security_group/nodes", "update")]);
     assert!(moto.strata(&stack, &["apply", "--auto-approve"]).status.success());
 
+    // A gateway detached behind strata's back is attached again, in place.
+    moto.boto(
+        "g = ec2.describe_internet_gateways(Filters=[{'Name': 'tag:strata:stack', 'Values': ['aws-gpu']}])['InternetGateways'][0]\n\
+         ec2.detach_internet_gateway(InternetGatewayId=g['InternetGatewayId'], VpcId=g['Attachments'][0]['VpcId'])\nprint('null')",
+    );
+    let plan = moto.strata(&stack, &["plan"]);
+    assert!(text(&plan).contains("aws.internet_gateway/main will be updated in place"), "{}", text(&plan));
+    assert!(moto.strata(&stack, &["apply", "--auto-approve"]).status.success());
+    let attached = moto.boto("print(json.dumps(len(ec2.describe_internet_gateways(Filters=[{'Name': 'tag:strata:stack', 'Values': ['aws-gpu']}])['InternetGateways'][0]['Attachments'])))");
+    assert_eq!(attached, serde_json::json!(1));
+    // The GPU info of the instances stays in the state across refreshes.
+    let state: Value = serde_json::from_slice(&std::fs::read(dir.path().join(".strata/state.json")).unwrap()).unwrap();
+    assert_eq!(state["resources"]["us-east/training/aws.instance/gpu-0"]["outputs"]["gpus"]["count"], 8, "{state}");
+
     // An instance type change replaces, and says why; an unknown type is refused at plan.
     let bigger = moto.stack(dir.path(), "p5.48xlarge", 2);
     let plan = moto.strata(&bigger, &["plan"]);

@@ -452,6 +452,13 @@ fn with_applied(mut state: ResourceState, resource_type: &str, prior: Option<&Re
         }
     }
     state.private = prior.private.clone();
+    // The GPU info of an instance comes from its type, checked when it was made.
+    if resource_type == "aws.instance"
+        && let (Some(gpus), Value::Object(outputs)) = (prior.outputs.get("gpus"), &mut state.outputs)
+        && prior.spec.get("instanceType") == state.spec.get("instanceType")
+    {
+        outputs.insert("gpus".into(), gpus.clone());
+    }
     state
 }
 
@@ -482,7 +489,7 @@ fn replacing_fields(resource_type: &str) -> &'static [&'static str] {
     match resource_type {
         "aws.vpc" => &["cidrBlock"],
         "aws.subnet" => &["vpcId", "cidrBlock", "availabilityZone"],
-        "aws.internet_gateway" => &["vpcId"],
+        "aws.internet_gateway" => &[],
         "aws.route_table" => &["vpcId"],
         "aws.security_group" => &["vpcId", "groupName", "description"],
         "aws.key_pair" => &["keyName", "publicKeyMaterial"],
@@ -1105,16 +1112,27 @@ async fn update(
         }
         "aws.route_table" => sync_route_table(site, id, desired, Some(&current.spec)).await?,
         "aws.internet_gateway" => {
-            if current.spec.get("vpcId").is_none_or(Value::is_null)
-                && let Some(vpc) = text(desired, "vpcId")
-            {
-                site.client
-                    .attach_internet_gateway()
-                    .internet_gateway_id(id)
-                    .vpc_id(vpc)
-                    .send()
-                    .await
-                    .map_err(|e| error("AttachInternetGateway", e))?;
+            let attached = text(&current.spec, "vpcId");
+            let wanted = text(desired, "vpcId");
+            if attached != wanted {
+                if let Some(old) = attached {
+                    site.client
+                        .detach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(old)
+                        .send()
+                        .await
+                        .map_err(|e| error("DetachInternetGateway", e))?;
+                }
+                if let Some(vpc) = wanted {
+                    site.client
+                        .attach_internet_gateway()
+                        .internet_gateway_id(id)
+                        .vpc_id(vpc)
+                        .send()
+                        .await
+                        .map_err(|e| error("AttachInternetGateway", e))?;
+                }
             }
         }
         "aws.volume" => {
