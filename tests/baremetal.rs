@@ -454,3 +454,28 @@ fn a_command_over_its_timeout_fails_and_is_not_run_twice() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(fleet.exec_ok(&host, "grep -c start /root/log").trim(), "1", "a timed-out command was run again");
 }
+
+#[test]
+fn a_sysctl_removed_from_the_spec_leaves_the_file() {
+    let fleet = Fleet::up("bm-sysctl", 1, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (host, address) = fleet.hosts()[0].clone();
+    let config = format!(
+        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
+        fleet.json["identityFile"].as_str().unwrap(),
+        fleet.json["knownHosts"].as_str().unwrap()
+    );
+    let spec =
+        |sysctls: &str| format!("type: baremetal.host\nname: h\nspec: {{host: {host}, sysctls: {{{sysctls}}}}}\n");
+    let stack =
+        inline_stack(dir.path(), &config, &spec("net.ipv4.ip_forward: \"1\", net.ipv4.conf.all.forwarding: \"1\""));
+    let applied = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert_eq!(changed(&plan_json(&stack)), vec![]);
+    inline_stack(dir.path(), &config, &spec("net.ipv4.ip_forward: \"1\""));
+    assert_eq!(changed(&plan_json(&stack)), vec![("rack/c/baremetal.host/h".to_string(), "update".to_string())]);
+    let applied = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert!(!fleet.exec_ok(&host, "cat /etc/sysctl.d/90-strata.conf").contains("conf.all.forwarding"));
+    assert_eq!(changed(&plan_json(&stack)), vec![]);
+}

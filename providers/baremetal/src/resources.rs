@@ -295,20 +295,30 @@ if command -v lspci >/dev/null 2>&1; then lspci -nn 2>/dev/null | grep -i -E 'vg
                 quote(&path)
             ));
         }
+        // Keys strata wrote earlier and the spec no longer has show as extra, so the
+        // plan rewrites the file without them.
+        script.push_str(
+            "if [ -f /etc/sysctl.d/90-strata.conf ]; then sed -n 's/^\\([^#][^ =]*\\) *=.*/\\1/p' /etc/sysctl.d/90-strata.conf | while read -r k; do printf 'sysctl=%s %s\\n' \"$k\" \"$(cat \"/proc/sys/$(printf %s \"$k\" | tr . /)\" 2>/dev/null)\"; done; fi\n",
+        );
     }
     if let Some(modules) = spec.get("kernelModules").and_then(Value::as_array) {
         for module in modules.iter().filter_map(Value::as_str) {
+            // /sys/module also lists modules built into the kernel.
             script.push_str(&format!(
-                "if grep -q \"^$(printf %s {m} | tr - _) \" /proc/modules; then printf 'module=%s\\n' {m}; fi\n",
+                "if [ -d \"/sys/module/$(printf %s {m} | tr - _)\" ]; then printf 'module=%s\\n' {m}; fi\n",
                 m = quote(module)
             ));
         }
+        script.push_str(
+            "if [ -f /etc/modules-load.d/strata.conf ]; then while read -r m; do [ -n \"$m\" ] && printf 'filemodule=%s\\n' \"$m\"; done < /etc/modules-load.d/strata.conf; fi\n",
+        );
     }
     let out = run(host, "gathering facts", &script, None).await?;
     let mut facts = Map::new();
     let (mut disks, mut nics, mut gpus, mut pci_gpus) = (vec![], vec![], vec![], vec![]);
     let mut sysctls = Map::new();
     let mut modules = vec![];
+    let mut file_modules: Vec<String> = vec![];
     let mut hostname = String::new();
     for line in out.lines() {
         let Some((key, value)) = line.split_once('=') else { continue };
@@ -338,6 +348,7 @@ if command -v lspci >/dev/null 2>&1; then lspci -nn 2>/dev/null | grep -i -E 'vg
                 sysctls.insert(k.to_string(), json!(v.trim()));
             }
             "module" => modules.push(json!(value.trim())),
+            "filemodule" => file_modules.push(value.trim().to_string()),
             _ => {}
         }
     }
@@ -350,6 +361,14 @@ if command -v lspci >/dev/null 2>&1; then lspci -nn 2>/dev/null | grep -i -E 'vg
     live.insert("host".into(), json!(host_name(spec)));
     live.insert("hostname".into(), json!(hostname));
     live.insert("sysctls".into(), Value::Object(sysctls));
+    // Modules strata configured earlier that the spec no longer has show as extra.
+    let wanted: Vec<&str> =
+        spec.get("kernelModules").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    for m in file_modules {
+        if !wanted.contains(&m.as_str()) && !modules.iter().any(|x| x == &json!(m)) {
+            modules.push(json!(m));
+        }
+    }
     live.insert("kernelModules".into(), json!(modules));
     Ok(state(host.name.clone(), only_desired(live, spec), json!({"id": host.name, "facts": facts})))
 }
