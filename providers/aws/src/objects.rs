@@ -405,6 +405,10 @@ fn normalize(resource_type: &str, desired: &Value) -> Value {
             }
             "aws.route_table" => {
                 if let Some(Value::Array(routes)) = map.get_mut("routes") {
+                    // The same key order as described routes, so sorting by text compares.
+                    for r in routes.iter_mut() {
+                        *r = json!({"destinationCidrBlock": r.get("destinationCidrBlock"), "gatewayId": r.get("gatewayId")});
+                    }
                     routes.sort_by_key(|r| r.to_string());
                 }
                 if let Some(Value::Array(subnets)) = map.get_mut("subnetIds") {

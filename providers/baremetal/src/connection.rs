@@ -308,6 +308,9 @@ fn pump(session: Session, mut channel: ssh2::Channel, mut local: UnixStream) {
         return;
     }
     let mut buffer = vec![0u8; 64 * 1024];
+    // Idle waits grow from 1 ms to 16 ms, so a quiet connection costs little CPU and a
+    // busy one little latency.
+    let mut idle_rounds = 0u32;
     loop {
         // The socket reads 0 only when our side closed; the channel reads 0 when it has
         // nothing now (its end is `eof()`).
@@ -319,9 +322,10 @@ fn pump(session: Session, mut channel: ssh2::Channel, mut local: UnixStream) {
                 if channel.eof() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                idle_rounds = (idle_rounds + 1).min(4);
+                std::thread::sleep(Duration::from_millis(1 << idle_rounds));
             }
-            _ => {}
+            _ => idle_rounds = 0,
         }
     }
 }
