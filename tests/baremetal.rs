@@ -81,6 +81,15 @@ impl Fleet {
         assert!(out.status.success(), "`{FLEET} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Site config lines for one host of the fleet, plus `extra` config lines.
+    fn one_host_config(&self, host: &str, address: &str, extra: &str) -> String {
+        format!(
+            "        identityFile: {}\n        knownHosts: {}\n{extra}        hosts: [{{name: {host}, address: {address}}}]\n",
+            self.json["identityFile"].as_str().unwrap_or_default(),
+            self.json["knownHosts"].as_str().unwrap_or_default()
+        )
+    }
+
     /// A stack with the `baremetal-gpu-node` blueprint on these hosts.
     fn stack(&self, dir: &Path, hosts: &[(String, String)], bastion: bool, extra_components: &str) -> PathBuf {
         let mut site = format!(
@@ -375,11 +384,7 @@ fn a_connection_killed_mid_apply_is_retried() {
     let fleet = Fleet::up("bm-kill", 1, 0);
     let dir = tempfile::tempdir().unwrap();
     let (host, address) = fleet.hosts()[0].clone();
-    let config = format!(
-        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
-        fleet.json["identityFile"].as_str().unwrap(),
-        fleet.json["knownHosts"].as_str().unwrap()
-    );
+    let config = fleet.one_host_config(&host, &address, "");
     let stack = inline_stack(
         dir.path(),
         &config,
@@ -413,11 +418,7 @@ fn a_moved_file_is_replaced_and_the_old_one_removed() {
     let fleet = Fleet::up("bm-move", 1, 0);
     let dir = tempfile::tempdir().unwrap();
     let (host, address) = fleet.hosts()[0].clone();
-    let config = format!(
-        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
-        fleet.json["identityFile"].as_str().unwrap(),
-        fleet.json["knownHosts"].as_str().unwrap()
-    );
+    let config = fleet.one_host_config(&host, &address, "");
     let file =
         |path: &str| format!("type: baremetal.file\nname: f\nspec: {{host: {host}, path: {path}, content: moved}}\n");
     let stack = inline_stack(dir.path(), &config, &file("/root/a"));
@@ -436,11 +437,7 @@ fn a_command_over_its_timeout_fails_and_is_not_run_twice() {
     let fleet = Fleet::up("bm-timeout", 1, 0);
     let dir = tempfile::tempdir().unwrap();
     let (host, address) = fleet.hosts()[0].clone();
-    let config = format!(
-        "        identityFile: {}\n        knownHosts: {}\n        commandTimeout: 2\n        hosts: [{{name: {host}, address: {address}}}]\n",
-        fleet.json["identityFile"].as_str().unwrap(),
-        fleet.json["knownHosts"].as_str().unwrap()
-    );
+    let config = fleet.one_host_config(&host, &address, "        commandTimeout: 2\n");
     let stack = inline_stack(
         dir.path(),
         &config,
@@ -460,11 +457,7 @@ fn a_sysctl_removed_from_the_spec_leaves_the_file() {
     let fleet = Fleet::up("bm-sysctl", 1, 0);
     let dir = tempfile::tempdir().unwrap();
     let (host, address) = fleet.hosts()[0].clone();
-    let config = format!(
-        "        identityFile: {}\n        knownHosts: {}\n        hosts: [{{name: {host}, address: {address}}}]\n",
-        fleet.json["identityFile"].as_str().unwrap(),
-        fleet.json["knownHosts"].as_str().unwrap()
-    );
+    let config = fleet.one_host_config(&host, &address, "");
     let spec =
         |sysctls: &str| format!("type: baremetal.host\nname: h\nspec: {{host: {host}, sysctls: {{{sysctls}}}}}\n");
     let stack =
