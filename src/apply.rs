@@ -18,7 +18,7 @@ use strata_provider_sdk::{
 
 use crate::diagnostics::Diagnostic;
 use crate::plan::{Action, Change, Plan, keep_ignored, lookup_field};
-use crate::provider::ConfiguredSite;
+use crate::provider::{ConfiguredSite, Readiness};
 use crate::state::{Backend, COMPACT_EVERY, Intent, ResourceRecord, State, StateChange};
 use crate::walk::{self, Limits, Node, Outcome};
 use tracing::Instrument as _;
@@ -165,9 +165,29 @@ pub async fn apply(
             }
             let result = match site {
                 Some(site) => {
-                    apply_one(change, &site, &recorder, &outputs)
-                        .instrument(tracing::info_span!("apply", address = %change.address, action = ?change.action))
-                        .await
+                    let lookup = |address: &str, field: &str| -> Option<Value> {
+                        let known = outputs.lock().unwrap_or_else(|e| e.into_inner()).get(address).cloned();
+                        let known = known.or_else(|| recorder.get(address).map(|r| r.outputs))?;
+                        lookup_field(&known, field).cloned()
+                    };
+                    match site.ready(&lookup).await {
+                        Ok(Readiness::Ready) => {
+                            apply_one(change, &site, &recorder, &outputs)
+                                .instrument(
+                                    tracing::info_span!("apply", address = %change.address, action = ?change.action),
+                                )
+                                .await
+                        }
+                        Ok(Readiness::Waiting(needs)) => Err(vec![
+                            Diagnostic::error(format!(
+                                "site `{}` cannot be reached: its config needs outputs of {} that are still unknown",
+                                change.site,
+                                needs.join(", ")
+                            ))
+                            .hint("check that those resources were applied and report the outputs the site's config names"),
+                        ]),
+                        Err(d) => Err(d),
+                    }
                 }
                 None => Err(vec![Diagnostic::error(format!("site `{}` is not configured", change.site))]),
             };
@@ -402,6 +422,9 @@ async fn apply_one(
         }
         (_, PlannedAction::Create) => false,
         (Action::Update, PlannedAction::Update { .. }) => false,
+        // Planned before the site could be read: do what it needs now.
+        (_, PlannedAction::Update { .. }) if change.unread => false,
+        (_, PlannedAction::Replace { .. }) if change.unread => true,
         (Action::Replace, PlannedAction::Replace { .. }) => true,
         // A replacement planned on an unknown value that turned out unchanged: update.
         (Action::Replace, PlannedAction::Update { .. }) => false,

@@ -32,8 +32,9 @@ pub struct Loaded {
 
 /// Loads, validates, renders and builds the graph; reports every problem found.
 pub fn load(stack_path: &Path, registry: &Registry) -> Result<Loaded, Diagnostics> {
-    let stack = Stack::parse(stack_path)?;
+    let mut stack = Stack::parse(stack_path)?;
     let mut diags = Diagnostics::new();
+    diags.extend(render::render_site_configs(&mut stack));
     diags.extend(stack.check());
     diags.extend(registry.validate_sites(&stack));
     let explicit_catalog = stack.doc.value["spec"].get("catalog").is_some().then_some(&stack.doc);

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
-use strata_provider_sdk::unknown;
+use strata_provider_sdk::{SpecRef, unknown};
 
 use crate::diagnostics::{Diagnostic, Diagnostics, pointer_to_field};
 use crate::provider::Registry;
@@ -21,6 +21,10 @@ pub enum EdgeKind {
     Reference,
     /// `dependsOn` of its component.
     Component,
+    /// A `ref()` in the config of its site: the site is reached through that output.
+    Site,
+    /// Implied by its provider (a namespace before the objects in it).
+    Implied,
 }
 
 /// Resources and who depends on whom. An edge `a → b` means `a` must exist before `b`.
@@ -116,6 +120,79 @@ impl Graph {
                             edges.insert((from, to, EdgeKind::Component));
                         }
                     }
+                }
+            }
+        }
+        // A site reached through outputs of other resources: each of its resources waits
+        // for them.
+        for (site_name, site) in &stack.sites {
+            let at = format!("/spec/sites/{site_name}/config");
+            let mut targets = Vec::new();
+            references_with_pointers(&site.config, at.clone(), &mut |pointer, r| match rendered.resources.get(r.address) {
+                Some(target) if target.site == *site_name => diags.push(
+                    Diagnostic::error(format!(
+                        "site `{site_name}` is reached through `{}`, which is on the same site",
+                        r.address
+                    ))
+                    .at(stack.doc.locate(&pointer))
+                    .field(pointer_to_field(&pointer))
+                    .hint("a site's connection must come from a resource on another site"),
+                ),
+                Some(target) => {
+                    if let Some(info) = registry.type_info(&target.resource_type)
+                        && !info.outputs.iter().any(|o| o == r.field.split('.').next().unwrap_or(r.field))
+                    {
+                        diags.push(
+                            Diagnostic::error(format!(
+                                "site `{site_name}` refers to output `{}` of `{}`, which it does not have",
+                                r.field, r.address
+                            ))
+                            .at(stack.doc.locate(&pointer))
+                            .field(pointer_to_field(&pointer))
+                            .hint(format!("`{}` outputs: {}", target.resource_type, info.outputs.join(", "))),
+                        );
+                    }
+                    targets.push(index[r.address]);
+                }
+                None => diags.push(
+                    Diagnostic::error(format!(
+                        "site `{site_name}` refers to `{}`, which the stack does not render",
+                        r.address
+                    ))
+                    .at(stack.doc.locate(&pointer))
+                    .field(pointer_to_field(&pointer))
+                    .hint("write the full address, `site/component/type/name`; `strata render` lists every address"),
+                ),
+            });
+            if targets.is_empty() {
+                continue;
+            }
+            for resource in rendered.resources.values().filter(|r| r.site == *site_name) {
+                for &from in &targets {
+                    edges.insert((from, index[&resource.address], EdgeKind::Site));
+                }
+            }
+        }
+        // What providers imply among the resources of one site.
+        let mut by_site: HashMap<(&str, &str), Vec<&crate::render::Resource>> = HashMap::new();
+        for resource in rendered.resources.values() {
+            if let Some(info) = registry.type_info(&resource.resource_type) {
+                by_site.entry((resource.site.as_str(), info.provider.as_str())).or_default().push(resource);
+            }
+        }
+        for ((_, provider), resources) in &by_site {
+            let specs: Vec<SpecRef<'_>> = resources
+                .iter()
+                .map(|r| SpecRef { resource_type: &r.resource_type, spec: &r.spec })
+                .collect();
+            for (dependent, dependency) in registry.implied_dependencies(provider, &specs) {
+                let (to, from) = (index[&resources[dependent].address], index[&resources[dependency].address]);
+                // An implied order never overrides one the stack states the other way round.
+                if !edges.contains(&(to, from, EdgeKind::Explicit))
+                    && !edges.contains(&(to, from, EdgeKind::Reference))
+                    && !edges.contains(&(to, from, EdgeKind::Component))
+                {
+                    edges.insert((from, to, EdgeKind::Implied));
                 }
             }
         }
@@ -227,6 +304,8 @@ impl Graph {
                 EdgeKind::Explicit => "",
                 EdgeKind::Reference => " [style=dashed]",
                 EdgeKind::Component => " [color=gray]",
+                EdgeKind::Site => " [color=blue]",
+                EdgeKind::Implied => " [style=dotted]",
             };
             out.push_str(&format!("  {:?} -> {:?}{style};\n", from, to));
         }

@@ -16,7 +16,7 @@ use strata_provider_sdk::{PlanRequest, PlannedAction, ReadRequest, ResourceAddre
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::graph::Graph;
-use crate::provider::{ConfiguredSite, SiteConnection};
+use crate::provider::{ConfiguredSite, Readiness, SiteConnection};
 use crate::render::{Lifecycle, Rendered};
 use crate::state::State;
 use crate::walk::{self, Limits, Node, Outcome};
@@ -112,6 +112,10 @@ pub struct Change {
     /// records it again without touching the site.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refresh_record: bool,
+    /// Planned without reading the resource, because its site's connection was not known
+    /// yet: apply carries out whatever the live state then needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unread: bool,
 }
 
 /// The state a plan was made against.
@@ -293,6 +297,7 @@ impl Item {
             current,
             private,
             refresh_record: false,
+            unread: false,
         }
     }
 
@@ -388,18 +393,50 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
     let results: Arc<Mutex<Vec<Option<Result<Change, Vec<Diagnostic>>>>>> =
         Arc::new(Mutex::new(vec![None; items.len()]));
     let sites = input.sites.clone();
+    // Outputs recorded in the state, for sites configured from them (only what they need).
+    let recorded: Arc<HashMap<String, Value>> = Arc::new(
+        sites
+            .values()
+            .filter_map(|s| s.deferred.as_ref())
+            .flat_map(|d| d.needs())
+            .filter_map(|a| state.resources.get(&a).map(|r| (a, r.outputs.clone())))
+            .collect(),
+    );
+    let waiting: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+    let provider_warnings: Arc<Mutex<Vec<String>>> = Arc::default();
     let outcomes = walk::walk(&nodes, input.limits, |i| {
         let items = items.clone();
         let known = known.clone();
         let results = results.clone();
+        let recorded = recorded.clone();
+        let waiting = waiting.clone();
+        let provider_warnings = provider_warnings.clone();
         let site = sites.get(&items[i].site).cloned();
         async move {
             let secrets = crate::diagnostics::secrets_at(items[i].desired.as_ref(), &items[i].sensitive);
             let result = match site {
-                Some(site) => plan_one(&items[i], &site, &known)
-                    .instrument(tracing::info_span!("plan", address = %items[i].address))
-                    .await
-                    .map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect()),
+                Some(site) => {
+                    let lookup = |address: &str, field: &str| -> Option<Value> {
+                        let known = known.lock().unwrap_or_else(|e| e.into_inner());
+                        match known.get(address) {
+                            Some(outputs) => lookup_field(outputs, field).cloned(),
+                            None => recorded.get(address).and_then(|o| lookup_field(o, field).cloned()),
+                        }
+                    };
+                    match site.ready(&lookup).await {
+                        Err(d) => Err(d),
+                        Ok(Readiness::Waiting(needs)) => {
+                            waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(items[i].site.clone(), needs);
+                            plan_unread(&items[i], &known)
+                        }
+                        Ok(Readiness::Ready) => {
+                            plan_one(&items[i], &site, &known, &provider_warnings)
+                                .instrument(tracing::info_span!("plan", address = %items[i].address))
+                                .await
+                        }
+                    }
+                    .map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect())
+                }
                 None => Err(vec![
                     Diagnostic::error(format!(
                         "`{}` is on site `{}`, which the stack no longer declares",
@@ -460,6 +497,15 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                     || record.sensitive != change.sensitive
             }
         };
+    }
+    let mut provider_warnings = std::mem::take(&mut *provider_warnings.lock().unwrap_or_else(|e| e.into_inner()));
+    provider_warnings.sort();
+    warnings.extend(provider_warnings);
+    for (site, needs) in std::mem::take(&mut *waiting.lock().unwrap_or_else(|e| e.into_inner())) {
+        warnings.push(format!(
+            "site `{site}` is reached through outputs of {} that are known only after they are applied: its resources were planned without reading them, and are read again before they are changed",
+            needs.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        ));
     }
     changes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(Plan {
@@ -522,6 +568,7 @@ async fn plan_one(
     item: &Item,
     site: &ConfiguredSite,
     known: &Mutex<HashMap<String, Value>>,
+    warnings: &Mutex<Vec<String>>,
 ) -> Result<Change, Vec<Diagnostic>> {
     let provider = &site.provider;
     let address = &item.address;
@@ -529,7 +576,17 @@ async fn plan_one(
         let failed = strata_provider_sdk::has_errors(&diagnostics);
         let converted: Vec<Diagnostic> =
             diagnostics.into_iter().map(|d| Diagnostic::from_provider(d, address)).collect();
-        if failed { Err(converted) } else { Ok(converted.into_iter().map(|d| d.summary).collect()) }
+        if failed {
+            Err(converted)
+        } else {
+            Ok(converted
+                .into_iter()
+                .map(|d| match d.hint {
+                    Some(hint) => format!("{} (hint: {hint})", d.summary),
+                    None => d.summary,
+                })
+                .collect())
+        }
     };
     let mut desired = item.desired.clone();
     if let Some(spec) = &mut desired {
@@ -543,7 +600,7 @@ async fn plan_one(
             prior: item.prior.clone(),
         })
         .await;
-    provider_errors(read.diagnostics)?;
+    let mut notes = provider_errors(read.diagnostics)?;
     let current = read.state;
 
     let Some(mut desired) = desired else {
@@ -562,7 +619,11 @@ async fn plan_one(
     let planned = provider
         .plan(PlanRequest { resource: item.resource(), desired: desired.clone(), current: current.clone() })
         .await;
-    provider_errors(planned.diagnostics)?;
+    notes.extend(provider_errors(planned.diagnostics)?);
+    if !notes.is_empty() {
+        let mut w = warnings.lock().unwrap_or_else(|e| e.into_inner());
+        w.extend(notes);
+    }
     let (action, reasons) = match planned.action {
         PlannedAction::NoOp => (Action::NoOp, vec![]),
         PlannedAction::Create => (Action::Create, vec![]),
@@ -580,6 +641,29 @@ async fn plan_one(
     known.lock().unwrap_or_else(|e| e.into_inner()).insert(address.clone(), planned_outputs.clone());
     let before = current.clone();
     Ok(item.change(action, reasons, before.as_ref(), Some(desired), planned_outputs, current, planned.private))
+}
+
+/// Plans a resource of a site that cannot be reached yet (its connection comes from outputs
+/// still unknown): create what was never made, update what was, delete what left the stack.
+/// The apply reads it and plans it again once the site is configured.
+fn plan_unread(item: &Item, known: &Mutex<HashMap<String, Value>>) -> Result<Change, Vec<Diagnostic>> {
+    let prior = item.prior.clone();
+    let Some(mut desired) = item.desired.clone() else {
+        if item.lifecycle.prevent_destroy {
+            return Err(vec![prevent_destroy_error(&item.address, "delete")]);
+        }
+        return Ok(item.change(Action::Delete, vec![], prior.as_ref(), None, Value::Null, prior.clone(), Value::Null));
+    };
+    resolve_known(&mut desired, &known.lock().unwrap_or_else(|e| e.into_inner()));
+    let (action, outputs) = match &prior {
+        None => (Action::Create, Value::Object(Default::default())),
+        // What the site's new connection reaches is unknown: check it again at apply.
+        Some(_) => (Action::Update, Value::Object(Default::default())),
+    };
+    known.lock().unwrap_or_else(|e| e.into_inner()).insert(item.address.clone(), outputs.clone());
+    let mut change = item.change(action, vec![], prior.as_ref(), Some(desired), outputs, prior.clone(), Value::Null);
+    change.unread = true;
+    Ok(change)
 }
 
 fn prevent_destroy_error(address: &str, what: &str) -> Diagnostic {

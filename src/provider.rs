@@ -7,7 +7,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strata_provider_sdk::{ConfigureRequest, Provider, ProviderFactory, ProviderSchema};
+use strata_provider_sdk::{ConfigureRequest, Provider, ProviderFactory, ProviderSchema, SpecRef, unknown};
 
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::schema::{self, Schema};
@@ -45,6 +45,7 @@ impl Registry {
             .with(strata_provider_local::factory)
             .with(strata_provider_baremetal::factory)
             .with(strata_provider_aws::factory)
+            .with(strata_provider_kubernetes::factory)
     }
 
     /// Adds a provider.
@@ -91,6 +92,19 @@ impl Registry {
         )
     }
 
+    /// The pairs `(dependent, dependency)` the provider implies among its resources on one
+    /// site (see `Provider::implied_dependencies`).
+    pub fn implied_dependencies(&self, provider: &str, resources: &[SpecRef<'_>]) -> Vec<(usize, usize)> {
+        match self.factories.get(provider) {
+            Some(factory) => factory()
+                .implied_dependencies(resources)
+                .into_iter()
+                .filter(|&(a, b)| a != b && a < resources.len() && b < resources.len())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// The provider names.
     pub fn names(&self) -> Vec<&str> {
         self.factories.keys().map(String::as_str).collect()
@@ -135,15 +149,96 @@ pub struct SiteConnection {
 }
 
 /// A provider configured for a site.
+///
+/// A site whose `config` refers to outputs of other resources (`{{ ref(...) }}`, e.g. a
+/// kubeconfig made by a cluster resource) is configured once those outputs are known: at
+/// plan time when they are already recorded, otherwise during the apply, just before the
+/// site's first resource is worked on. Until then [`ConfiguredSite::ready`] says so.
 #[derive(Clone)]
 pub struct ConfiguredSite {
     /// The provider instance.
     pub provider: Arc<dyn Provider>,
     /// Its concurrency limit, if it has one.
     pub max_concurrency: Option<usize>,
+    /// For a site configured late: its pending configuration.
+    pub deferred: Option<Arc<Deferred>>,
 }
 
-/// Configures one provider instance per site.
+/// The configuration of a site that waits for outputs of other resources.
+pub struct Deferred {
+    request: ConfigureRequest,
+    done: tokio::sync::OnceCell<Result<(), Vec<Diagnostic>>>,
+}
+
+impl Deferred {
+    /// The addresses whose outputs the configuration needs.
+    pub fn needs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        unknown::visit_references(&self.request.config, &mut |r| out.push(r.address.to_string()));
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Whether a site can be worked on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    /// Configured.
+    Ready,
+    /// Its configuration needs outputs that are not known yet (of these addresses).
+    Waiting(Vec<String>),
+}
+
+impl ConfiguredSite {
+    /// Configures a deferred site when `lookup` knows every output its config needs.
+    /// `lookup(address, field)` gives a known output value.
+    pub async fn ready(&self, lookup: &(dyn Fn(&str, &str) -> Option<Value> + Sync)) -> Result<Readiness, Vec<Diagnostic>> {
+        let Some(deferred) = &self.deferred else {
+            return Ok(Readiness::Ready);
+        };
+        if let Some(done) = deferred.done.get() {
+            return done.clone().map(|_| Readiness::Ready);
+        }
+        let mut config = deferred.request.config.clone();
+        unknown::resolve(&mut config, &|address, field| lookup(address, field).filter(|v| !unknown::contains_unknown(v)));
+        if unknown::contains_unknown(&config) {
+            return Ok(Readiness::Waiting(deferred.needs()));
+        }
+        let site = deferred.request.site.clone();
+        let request = ConfigureRequest { config, ..deferred.request.clone() };
+        let provider = self.provider.clone();
+        deferred
+            .done
+            .get_or_init(|| async move {
+                let response = provider.configure(request).await;
+                site_diagnostics(&site, response.diagnostics).map(|_| ())
+            })
+            .await
+            .clone()
+            .map(|_| Readiness::Ready)
+    }
+}
+
+/// A site's configure diagnostics as the engine's: fields point into the stack.
+fn site_diagnostics(
+    name: &str,
+    diagnostics: Vec<strata_provider_sdk::Diagnostic>,
+) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+    let failed = strata_provider_sdk::has_errors(&diagnostics);
+    let converted = diagnostics
+        .into_iter()
+        .map(|d| {
+            let mut d = Diagnostic::from_provider(d, &format!("site {name}"));
+            d.field = d.field.map(|f| f.replacen("spec.", &format!("spec.sites.{name}.config."), 1));
+            d
+        })
+        .collect();
+    if failed { Err(converted) } else { Ok(converted) }
+}
+
+/// Configures one provider instance per site (a site whose config refers to outputs of
+/// other resources is configured later, see [`ConfiguredSite`]).
 pub async fn configure_sites(
     registry: &Registry,
     stack_name: &str,
@@ -163,22 +258,28 @@ pub async fn configure_sites(
             continue;
         };
         let provider: Arc<dyn Provider> = Arc::from(factory());
-        let response = provider
-            .configure(ConfigureRequest {
-                site: name.clone(),
-                stack: stack_name.to_string(),
-                config: site.config.clone(),
-                base_dir: site.base_dir.clone(),
-            })
-            .await;
-        let failed = strata_provider_sdk::has_errors(&response.diagnostics);
-        for d in response.diagnostics {
-            let mut d = Diagnostic::from_provider(d, &format!("site {name}"));
-            d.field = d.field.map(|f| f.replacen("spec.", &format!("spec.sites.{name}.config."), 1));
-            diags.push(d);
+        let request = ConfigureRequest {
+            site: name.clone(),
+            stack: stack_name.to_string(),
+            config: site.config.clone(),
+            base_dir: site.base_dir.clone(),
+        };
+        if unknown::contains_unknown(&site.config) {
+            let deferred = Deferred { request, done: tokio::sync::OnceCell::new() };
+            configured
+                .insert(name.clone(), ConfiguredSite { provider, max_concurrency: None, deferred: Some(Arc::new(deferred)) });
+            continue;
         }
-        if !failed {
-            configured.insert(name.clone(), ConfiguredSite { provider, max_concurrency: response.max_concurrency });
+        let response = provider.configure(request).await;
+        match site_diagnostics(name, response.diagnostics) {
+            Ok(warnings) => {
+                diags.extend(warnings);
+                configured.insert(
+                    name.clone(),
+                    ConfiguredSite { provider, max_concurrency: response.max_concurrency, deferred: None },
+                );
+            }
+            Err(errors) => diags.extend(errors),
         }
     }
     diags.into_result(configured)

@@ -368,6 +368,63 @@ fn environment(blueprint: &Blueprint) -> &Environment<'static> {
     })
 }
 
+/// Renders the strings of every site's `config` that hold `{{ ... }}`: only `ref()` of a
+/// full address is there, so that a site can be reached through an output of another
+/// resource (a kubeconfig made by a cluster). Returns every problem, located in the stack.
+pub fn render_site_configs(stack: &mut Stack) -> Vec<Diagnostic> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_function("ref", |address: String, field: String| -> Result<String, minijinja::Error> {
+        let full = canonical_address(&address, "", "")
+            .ok()
+            .filter(|_| address.split('/').count() == 4)
+            .ok_or_else(|| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("`{address}` is not a full resource address: a site's config writes `site/component/type/name`"),
+                )
+            })?;
+        if field.is_empty() || field.contains(unknown::CLOSE) {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{field}` is not an output field"),
+            ));
+        }
+        Ok(unknown::marker(&full, &field))
+    });
+    fn walk(env: &Environment<'_>, value: &mut Value, pointer: String, doc: &Document, out: &mut Vec<Diagnostic>) {
+        match value {
+            Value::String(s) if s.contains("{{") || s.contains("{%") => match env.render_str(s, ()) {
+                Ok(rendered) => *s = rendered,
+                Err(e) => out.push(
+                    Diagnostic::error(format!("this site setting does not render: {}", e.detail().unwrap_or(&e.to_string())))
+                        .at(doc.locate(&pointer))
+                        .field(crate::diagnostics::pointer_to_field(&pointer))
+                        .hint("a site's config may use only `{{ ref(\"site/component/type/name\", \"output\") }}`"),
+                ),
+            },
+            Value::Array(items) => {
+                for (i, v) in items.iter_mut().enumerate() {
+                    walk(env, v, format!("{pointer}/{i}"), doc, out);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    walk(env, v, format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")), doc, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let doc = stack.doc.clone();
+    for (name, site) in stack.sites.iter_mut() {
+        walk(&env, &mut site.config, format!("/spec/sites/{name}/config"), &doc, &mut out);
+    }
+    out
+}
+
 /// `ref(address, field)`: a marker for an output of another resource.
 fn reference(state: &State, address: String, field: String) -> Result<String, minijinja::Error> {
     let lookup = |path: &[&str]| -> Option<String> {

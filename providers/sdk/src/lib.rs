@@ -377,6 +377,24 @@ pub trait Provider: Send + Sync {
 
     /// Reads an existing object by its provider id, to take it under management.
     async fn import(&self, request: ImportRequest) -> ImportResponse;
+
+    /// Orders resources of one site that the stack leaves unordered, from their specs alone
+    /// (a Kubernetes namespace before the objects in it). Called on an unconfigured
+    /// instance with every resource of this provider on one site; returns pairs
+    /// `(dependent, dependency)` of indexes into `resources`. Most providers need none.
+    fn implied_dependencies(&self, resources: &[SpecRef<'_>]) -> Vec<(usize, usize)> {
+        let _ = resources;
+        Vec::new()
+    }
+}
+
+/// One resource as [`Provider::implied_dependencies`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecRef<'a> {
+    /// Type, `provider.kind`.
+    pub resource_type: &'a str,
+    /// Its desired spec (may hold unknowns).
+    pub spec: &'a Value,
 }
 
 /// Makes a fresh, unconfigured provider instance (one per site).
