@@ -470,7 +470,18 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                     because: None,
                 });
             }
-            (_, Some(Err(d))) => diags.extend(d),
+            (_, Some(Err(d))) => {
+                // A provider names the field; the rendered template says where it came from.
+                let resource = input.rendered.resources.get(&items[i].address);
+                diags.extend(d.into_iter().map(|mut d| {
+                    if d.location.is_none()
+                        && let (Some(resource), Some(field)) = (resource, &d.field)
+                    {
+                        d.location = Some(resource.locate(&field_pointer(field)));
+                    }
+                    d
+                }));
+            }
             (Outcome::Skipped { because }, None) if because == "interrupted" => {
                 diags.push(Diagnostic::error("planning was interrupted"));
                 break;
@@ -522,6 +533,16 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         warnings,
         unplanned,
     })
+}
+
+/// `spec.rules[0].port` → `/spec/rules/0/port`.
+fn field_pointer(field: &str) -> String {
+    let mut pointer = String::new();
+    for part in field.replace('[', ".").replace(']', "").split('.').filter(|p| !p.is_empty()) {
+        pointer.push('/');
+        pointer.push_str(&part.replace('~', "~0").replace('/', "~1"));
+    }
+    pointer
 }
 
 /// Substitutes the references whose outputs are known.
