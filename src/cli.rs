@@ -255,7 +255,9 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, Diagnostics> 
             let backend = engine::backend(&loaded.stack);
             let _lock = LockGuard::take(backend.clone(), "plan")?;
             let state = engine::read_state(backend.as_ref())?;
-            let sites = engine::configure(&registry, &loaded.stack.name, &engine::connections(&loaded.stack)).await?;
+            let sites = engine::configure(&registry, &loaded.stack.name, &engine::connections(&loaded.stack))
+                .await
+                .map_err(|d| engine::locate_sites(&loaded.stack, d))?;
             let limits = interruptible(engine::limits(walk.parallelism.into(), &sites));
             let operation = if *destroy { Operation::Destroy } else { Operation::Apply };
             let plan = engine::plan(&loaded, state.as_ref(), &sites, operation, &limits).await?;
@@ -405,7 +407,9 @@ async fn import(cli: &Cli, registry: &Registry, address: &str, id: &str) -> Resu
     }
     let mut connections = engine::connections(&loaded.stack);
     connections.retain(|name, _| name == &resource.site);
-    let sites = engine::configure(registry, &loaded.stack.name, &connections).await?;
+    let sites = engine::configure(registry, &loaded.stack.name, &connections)
+        .await
+        .map_err(|d| engine::locate_sites(&loaded.stack, d))?;
     let site = &sites[&resource.site];
     let response = site
         .provider
@@ -486,7 +490,9 @@ async fn converge(
     let verb = if operation == Operation::Destroy { "destroy" } else { "apply" };
     let _lock = LockGuard::take(backend.clone(), verb)?;
     let state = engine::read_state(backend.as_ref())?;
-    let sites = engine::configure(registry, &loaded.stack.name, &engine::connections(&loaded.stack)).await?;
+    let sites = engine::configure(registry, &loaded.stack.name, &engine::connections(&loaded.stack))
+        .await
+        .map_err(|d| engine::locate_sites(&loaded.stack, d))?;
     let limits = interruptible(engine::limits(walk.parallelism.into(), &sites));
     let plan = engine::plan(&loaded, state.as_ref(), &sites, operation, &limits).await?;
     print(&output::plan_human(&plan, style));

@@ -144,6 +144,31 @@ pub async fn configure(
     provider::configure_sites(registry, stack_name, connections).await
 }
 
+/// Locates diagnostics about a site's config (`spec.sites.NAME.config...`) in the stack file.
+pub fn locate_sites(stack: &Stack, diags: Diagnostics) -> Diagnostics {
+    Diagnostics(
+        diags
+            .0
+            .into_iter()
+            .map(|mut d| {
+                if d.location.is_none()
+                    && let Some(field) = d.field.as_deref().filter(|f| f.starts_with("spec.sites."))
+                {
+                    let pointer: String = field
+                        .replace('[', ".")
+                        .replace(']', "")
+                        .split('.')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
+                        .collect();
+                    d.location = Some(stack.doc.locate(&pointer));
+                }
+                d
+            })
+            .collect(),
+    )
+}
+
 /// The walk limits: `parallelism` overall, each site's own limit where it has one.
 pub fn limits(parallelism: usize, sites: &HashMap<String, ConfiguredSite>) -> Limits {
     let mut limits = Limits::new(parallelism);
@@ -227,7 +252,7 @@ pub async fn plan(
         }
     }
     let connections = connections(&loaded.stack);
-    plan::make_plan(PlanInput {
+    let planned = plan::make_plan(PlanInput {
         stack: &loaded.stack.name,
         rendered: &loaded.rendered,
         graph: &loaded.graph,
@@ -238,7 +263,8 @@ pub async fn plan(
         operation,
         limits,
     })
-    .await
+    .await;
+    planned.map_err(|d| locate_sites(&loaded.stack, d))
 }
 
 /// Refuses a saved plan made against another state than `state`.

@@ -404,6 +404,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
     );
     let waiting: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
     let provider_warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+    let settled: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let outcomes = walk::walk(&nodes, input.limits, |i| {
         let items = items.clone();
         let known = known.clone();
@@ -411,14 +412,18 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
         let recorded = recorded.clone();
         let waiting = waiting.clone();
         let provider_warnings = provider_warnings.clone();
+        let settled = settled.clone();
         let site = sites.get(&items[i].site).cloned();
         async move {
             let secrets = crate::diagnostics::secrets_at(items[i].desired.as_ref(), &items[i].sensitive);
             let result = match site {
                 Some(site) => {
+                    // Only outputs of resources that stay as they are: a site is not
+                    // reached through something this plan still has to make or change.
                     let lookup = |address: &str, field: &str| -> Option<Value> {
                         let known = known.lock().unwrap_or_else(|e| e.into_inner());
                         match known.get(address) {
+                            Some(_) if !settled.lock().unwrap_or_else(|e| e.into_inner()).contains(address) => None,
                             Some(outputs) => lookup_field(outputs, field).cloned(),
                             None => recorded.get(address).and_then(|o| lookup_field(o, field).cloned()),
                         }
@@ -430,9 +435,15 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                             plan_unread(&items[i], &known)
                         }
                         Ok(Readiness::Ready) => {
-                            plan_one(&items[i], &site, &known, &provider_warnings)
+                            let planned = plan_one(&items[i], &site, &known, &provider_warnings)
                                 .instrument(tracing::info_span!("plan", address = %items[i].address))
-                                .await
+                                .await;
+                            if let Ok(change) = &planned
+                                && change.action == Action::NoOp
+                            {
+                                settled.lock().unwrap_or_else(|e| e.into_inner()).insert(change.address.clone());
+                            }
+                            planned
                         }
                     }
                     .map_err(|d| d.into_iter().map(|d| d.redact(&secrets)).collect())
@@ -476,6 +487,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                 diags.extend(d.into_iter().map(|mut d| {
                     if d.location.is_none()
                         && let (Some(resource), Some(field)) = (resource, &d.field)
+                        && !field.starts_with("spec.sites.")
                     {
                         d.location = Some(resource.locate(&field_pointer(field)));
                     }

@@ -304,32 +304,32 @@ impl KubernetesProvider {
         let (kubeconfig, source, field) = if let Some(content) = &config.kubeconfig_content {
             let parsed = Kubeconfig::from_yaml(content).map_err(|e| {
                 Diagnostic::error(format!("`kubeconfigContent` is not a kubeconfig: {}", chain(&e)))
-                    .with_field("spec.kubeconfigContent")
+                    .with_field("kubeconfigContent")
                     .with_hint("it must be the YAML of a kubeconfig (apiVersion: v1, kind: Config)")
             })?;
-            (parsed, "kubeconfigContent".to_string(), "spec.kubeconfigContent")
+            (parsed, "kubeconfigContent".to_string(), "kubeconfigContent")
         } else if let Some(path) = &config.kubeconfig {
             let path = request.base_dir.join(path);
             let parsed = Kubeconfig::read_from(&path).map_err(|e| {
                 Diagnostic::error(format!("cannot load the kubeconfig {}: {}", path.display(), chain(&e)))
-                    .with_field("spec.kubeconfig")
+                    .with_field("kubeconfig")
                     .with_hint("the path is relative to the stack file; it must be a kubeconfig (apiVersion: v1, kind: Config)")
             })?;
-            (parsed, path.display().to_string(), "spec.kubeconfig")
+            (parsed, path.display().to_string(), "kubeconfig")
         } else {
             let parsed = Kubeconfig::read().map_err(|e| {
                 Diagnostic::error(format!("no kubeconfig: {}", chain(&e)))
-                    .with_field("spec.kubeconfig")
+                    .with_field("kubeconfig")
                     .with_hint("set `kubeconfig` in the site's config, or KUBECONFIG, or write ~/.kube/config")
             })?;
-            (parsed, "$KUBECONFIG or ~/.kube/config".to_string(), "spec.kubeconfig")
+            (parsed, "$KUBECONFIG or ~/.kube/config".to_string(), "kubeconfig")
         };
         let options = KubeConfigOptions { context: config.context.clone(), cluster: None, user: None };
         let mut client_config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
             let d = Diagnostic::error(format!("cannot use the kubeconfig ({source}): {}", chain(&e)));
             match &config.context {
                 Some(context) => d
-                    .with_field("spec.context")
+                    .with_field("context")
                     .with_hint(format!("check that context `{context}` exists in it (`kubectl config get-contexts`)")),
                 None => d.with_field(field).with_hint("set `context`, or a current-context in the kubeconfig"),
             }
