@@ -294,6 +294,23 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert!(shown.contains("was not ready after the last apply") && shown.contains("1 to update"), "{shown}");
+
+    // An object someone else made is not taken over silently; `strata import` takes it.
+    let out = cluster.kubectl(&["-n", "default", "create", "configmap", "foreign", "--from-literal=a=b"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let foreign = "{apiVersion: v1, kind: ConfigMap, metadata: {name: foreign, namespace: default}, data: {a: b}}";
+    let stack = write_stack(dir.path(), &config, &raw(&format!("[{configmap}, {foreign}]"), true, 300));
+    let out = strata(&stack, &["plan"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("ConfigMap default/foreign already exists on the cluster and was not made by this stack"), "{shown}");
+    assert!(shown.contains("strata import cluster/raw/kubernetes.manifest/configmap-foreign v1/ConfigMap/default/foreign"), "{shown}");
+    let out = strata(&stack, &["import", "cluster/raw/kubernetes.manifest/configmap-foreign", "v1/ConfigMap/default/foreign"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = strata(&stack, &["plan"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains("configmap-foreign will"), "imported as it is, nothing to change: {shown}");
 }
 
 #[test]

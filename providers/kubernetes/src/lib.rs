@@ -111,6 +111,18 @@ struct Site {
     /// objects cannot be checked by the server before they exist.
     promised_kinds: std::sync::Mutex<HashSet<(String, String)>>,
     promised_namespaces: std::sync::Mutex<HashSet<String>>,
+    /// API requests made (printed at the end of a run with `STRATA_K8S_CALLS=1`).
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let calls = self.calls.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(server = %self.server, calls, "kubernetes API requests made");
+        if std::env::var_os("STRATA_K8S_CALLS").is_some() {
+            eprintln!("kubernetes: {calls} API requests ({})", self.server);
+        }
+    }
 }
 
 /// The `source()` chain of an error, joined.
@@ -129,6 +141,10 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Site {
+    fn count(&self) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A failed API call as a diagnostic: the server's own message, and what to do.
     fn error(&self, what: &str, e: kube::Error) -> Diagnostic {
         match e {
@@ -161,6 +177,7 @@ impl Site {
             return Ok(Some(kind.clone()));
         }
         let gvk = kube::api::GroupVersionKind::gvk(&identity.group, &identity.version, &identity.kind);
+        self.count();
         match kube::discovery::pinned_kind(&self.client, &gvk).await {
             Ok((resource, caps)) => {
                 let kind = Kind { resource, namespaced: caps.scope == Scope::Namespaced };
@@ -215,6 +232,7 @@ impl Site {
     }
 
     async fn get(&self, kind: &Kind, identity: &Identity) -> Result<Option<Value>, Diagnostic> {
+        self.count();
         match self.api(kind, identity).get_opt(&identity.name).await {
             Ok(None) => Ok(None),
             Ok(Some(object)) => serde_json::to_value(object)
@@ -240,6 +258,7 @@ impl Site {
         if dry_run {
             params = params.dry_run();
         }
+        self.count();
         let applied = self.api(kind, identity).patch(&identity.name, &params, &Patch::Apply(object)).await?;
         serde_json::to_value(applied).map_err(kube::Error::SerdeError)
     }
@@ -309,7 +328,10 @@ impl KubernetesProvider {
             })?;
             (parsed, "kubeconfigContent".to_string(), "kubeconfigContent")
         } else if let Some(path) = &config.kubeconfig {
-            let path = request.base_dir.join(path);
+            let path = match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+                _ => request.base_dir.join(path),
+            };
             let parsed = Kubeconfig::read_from(&path).map_err(|e| {
                 Diagnostic::error(format!("cannot load the kubeconfig {}: {}", path.display(), chain(&e)))
                     .with_field("kubeconfig")
@@ -354,6 +376,7 @@ impl KubernetesProvider {
             kinds: Default::default(),
             promised_kinds: Default::default(),
             promised_namespaces: Default::default(),
+            calls: Default::default(),
         };
         if self.site.set(site).is_err() {
             return Err(Diagnostic::error("the kubernetes provider was configured twice"));
@@ -620,6 +643,7 @@ impl KubernetesProvider {
         };
         let api = site.api(&kind, &identity);
         let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+        site.count();
         match api.delete(&identity.name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
