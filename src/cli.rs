@@ -411,6 +411,19 @@ async fn import(cli: &Cli, registry: &Registry, address: &str, id: &str) -> Resu
         .await
         .map_err(|d| engine::locate_sites(&loaded.stack, d))?;
     let site = &sites[&resource.site];
+    // A site reached through outputs of other resources: those recorded in the state.
+    let lookup = |target: &str, field: &str| -> Option<serde_json::Value> {
+        crate::plan::lookup_field(&state.resources.get(target)?.outputs, field).cloned()
+    };
+    if let crate::provider::Readiness::Waiting(needs) = site.ready(&lookup).await.map_err(Diagnostics)? {
+        return Err(Diagnostic::error(format!(
+            "site `{}` is reached through outputs of {} that are not applied yet",
+            resource.site,
+            needs.join(", ")
+        ))
+        .hint("apply the stack first, then import")
+        .into());
+    }
     let response = site
         .provider
         .import(strata_provider_sdk::ImportRequest {
