@@ -485,6 +485,10 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
                 // A provider names the field; the rendered template says where it came from.
                 let resource = input.rendered.resources.get(&items[i].address);
                 diags.extend(d.into_iter().map(|mut d| {
+                    // `site.X`: about the site's config, not the resource.
+                    if let Some(rest) = d.field.as_deref().and_then(|f| f.strip_prefix("spec.site.")) {
+                        d.field = Some(format!("spec.sites.{}.config.{rest}", items[i].site));
+                    }
                     if d.location.is_none()
                         && let (Some(resource), Some(field)) = (resource, &d.field)
                         && !field.starts_with("spec.sites.")

@@ -46,6 +46,7 @@ impl Registry {
             .with(strata_provider_baremetal::factory)
             .with(strata_provider_aws::factory)
             .with(strata_provider_kubernetes::factory)
+            .with(strata_provider_openstack::factory)
     }
 
     /// Adds a provider.

@@ -50,7 +50,8 @@ pub struct Diagnostic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The field of the resource's `spec` (or the site's `config`) this is about, as a
-    /// dotted path (`content`, `rules.0.port`).
+    /// dotted path (`content`, `rules.0.port`). From a resource's call, `site.FIELD` names
+    /// a field of the site's `config` (e.g. credentials found wrong on first use).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// What the user can do about it.
