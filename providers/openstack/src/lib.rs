@@ -158,8 +158,18 @@ impl Site {
         client::send(&client, &self.calls, method, service, path, query, body).await
     }
 
+    /// The stack's tag. Nova allows 60 characters in a tag: a longer stack name is cut and
+    /// completed with a digest of the whole, so that it stays unique.
     pub(crate) fn stack_tag(&self) -> String {
-        format!("strata-stack={}", self.stack)
+        let tag = format!("strata-stack={}", self.stack);
+        if tag.len() <= 60 {
+            return tag;
+        }
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.stack.as_bytes());
+        let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        let head: String = tag.chars().take(49).collect();
+        format!("{head}~{hex}")
     }
 
     pub(crate) fn address_tag(address: &str) -> String {
