@@ -145,6 +145,26 @@ pub async fn apply(
         }
     }
 
+    // A site reached through outputs of other resources: its deletions wait for them too
+    // (unless they are deleted themselves), so the site is configured from their new outputs.
+    for (i, c) in changes.iter().enumerate() {
+        let Some(deferred) = sites.get(&c.site).and_then(|s| s.deferred.as_ref()) else {
+            continue;
+        };
+        for need in deferred.needs() {
+            if let Some(&j) = index.get(need.as_str())
+                && changes[j].action != Action::Delete
+                && i != j
+            {
+                nodes[i].dependencies.push(j);
+            }
+        }
+    }
+    for n in &mut nodes {
+        n.dependencies.sort_unstable();
+        n.dependencies.dedup();
+    }
+
     let recorder = Arc::new(Recorder { state: Mutex::new(state), backend });
     // Start from a compacted state: the journal then holds only this run's changes.
     let early = recorder.flush().err();
@@ -424,7 +444,18 @@ async fn apply_one(
         (Action::Update, PlannedAction::Update { .. }) => false,
         // Planned before the site could be read: do what it needs now.
         (_, PlannedAction::Update { .. }) if change.unread => false,
-        (_, PlannedAction::Replace { .. }) if change.unread => true,
+        (_, PlannedAction::Replace { reasons }) if change.unread => {
+            if change.lifecycle.prevent_destroy {
+                return Err(vec![
+                    Diagnostic::error(format!(
+                        "`{address}` has `lifecycle.preventDestroy` set, and it now needs a replacement"
+                    ))
+                    .detail(reasons.join("\n"))
+                    .hint("if that is really meant, remove `preventDestroy` from its template first and apply that"),
+                ]);
+            }
+            true
+        }
         (Action::Replace, PlannedAction::Replace { .. }) => true,
         // A replacement planned on an unknown value that turned out unchanged: update.
         (Action::Replace, PlannedAction::Update { .. }) => false,

@@ -385,8 +385,33 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
             intent.action, intent.since
         ));
     }
-    let nodes =
+    let mut nodes =
         nodes_of(&items, &|address| state.resources.get(address).map(|r| r.depends_on.clone()).unwrap_or_default());
+    // A site reached through outputs of other resources: everything on it, deletions too,
+    // waits for those resources (unless they are being deleted themselves), so that the site
+    // is never configured from outputs about to change.
+    let suppliers: HashMap<&str, Vec<String>> = input
+        .sites
+        .iter()
+        .filter_map(|(name, site)| site.deferred.as_ref().map(|d| (name.as_str(), d.needs())))
+        .collect();
+    if !suppliers.is_empty() {
+        let index: HashMap<&str, usize> = items.iter().enumerate().map(|(i, it)| (it.address.as_str(), i)).collect();
+        for (i, it) in items.iter().enumerate() {
+            for need in suppliers.get(it.site.as_str()).into_iter().flatten() {
+                if let Some(&j) = index.get(need.as_str())
+                    && items[j].desired.is_some()
+                    && j != i
+                {
+                    nodes[i].dependencies.push(j);
+                }
+            }
+        }
+        for n in &mut nodes {
+            n.dependencies.sort_unstable();
+            n.dependencies.dedup();
+        }
+    }
 
     let items = Arc::new(items);
     let known: Arc<Mutex<HashMap<String, Value>>> = Arc::new(Mutex::new(HashMap::new()));
@@ -519,6 +544,7 @@ pub async fn make_plan(input: PlanInput<'_>) -> Result<Plan, Diagnostics> {
             None => change.current.is_some(),
             Some(record) => {
                 record.lifecycle != change.lifecycle
+                    || change.current.as_ref().is_some_and(|c| c.private != record.private)
                     || record.depends_on != change.depends_on
                     || record.blueprint != change.blueprint
                     || record.sensitive != change.sensitive

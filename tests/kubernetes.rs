@@ -173,7 +173,11 @@ fn addons_converge_show_drift_report_conflicts_prune_and_destroy() {
     // Apply does not overwrite it silently...
     let out = strata(&stack, &["apply", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("forceConflicts"), "{}", text(&out));
+    assert!(
+        text(&out).contains("applying ConfigMap platform/settings: Apply failed with 1 conflict: conflict with \"intruder\""),
+        "the apply stops at the conflict, with the server's message: {}",
+        text(&out)
+    );
     let cm = cluster.get(&["-n", "platform", "configmap", "settings"]).unwrap();
     assert_eq!(cm["data"]["mode"], "slow", "the other manager's value stays");
     // ...unless the resource says so.
@@ -307,10 +311,16 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     assert!(shown.contains("strata import cluster/raw/kubernetes.manifest/configmap-foreign v1/ConfigMap/default/foreign"), "{shown}");
     let out = strata(&stack, &["import", "cluster/raw/kubernetes.manifest/configmap-foreign", "v1/ConfigMap/default/foreign"]);
     assert!(out.status.success(), "{}", text(&out));
+    // The imported object gets the stack's label with the next apply, and then converges.
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(!shown.contains("configmap-foreign will"), "imported as it is, nothing to change: {shown}");
+    assert!(shown.contains("ConfigMap default/foreign lacks the label strata.dev/stack=k8s-test") && shown.contains("1 to update"), "{shown}");
+    let out = strata(&stack, &["apply", "--auto-approve"]);
+    assert!(text(&out).contains("configmap-foreign: updated"), "{}", text(&out));
+    let foreign = cluster.get(&["-n", "default", "configmap", "foreign"]).unwrap();
+    assert_eq!(foreign["metadata"]["labels"]["strata.dev/stack"], "k8s-test");
+    assert_eq!(foreign["data"]["a"], "b");
 }
 
 #[test]

@@ -39,6 +39,9 @@ use objects::{Identity, Readiness};
 /// The one resource type.
 pub const MANIFEST: &str = "kubernetes.manifest";
 
+/// The longest wait, in seconds (the schema allows no more).
+const MAX_TIMEOUT: u64 = 86_400;
+
 /// The `kubernetes` provider for one site (a cluster).
 #[derive(Default)]
 pub struct KubernetesProvider {
@@ -406,14 +409,16 @@ impl KubernetesProvider {
         };
         let prior_manifest = prior_spec.and_then(|s| s.get("manifest")).cloned().unwrap_or(Value::Null);
         let shape = objects::merge_shapes(&spec.manifest, &prior_manifest);
-        let owned = request.prior.is_some() || site.owned(&live);
+        let labelled = site.owned(&live);
+        let owned = request.prior.is_some() || labelled;
         // An object that was not ready after the last apply is waited for again.
         let was_not_ready = request.prior.as_ref().is_some_and(|p| p.private.get("notReady").is_some());
         let not_ready = match objects::readiness(&live) {
             Readiness::Waiting(why) | Readiness::Failed(why) if was_not_ready && spec.wait => Some(why),
             _ => None,
         };
-        let private = json!({"owned": owned, "notReady": not_ready});
+        // Recorded (imported) but not labelled yet: the next apply labels it.
+        let private = json!({"owned": owned, "notReady": not_ready, "unlabelled": owned && !labelled});
         Ok(Some(state_of(&identity, &live, &request.spec, &shape, strip_nulls(private))))
     }
 
@@ -501,6 +506,16 @@ impl KubernetesProvider {
         }
         let outputs = current.outputs.clone();
         let not_ready = current.private.get("notReady").and_then(Value::as_str);
+        if current.private.get("unlabelled").and_then(Value::as_bool) == Some(true) && !unknown::contains_unknown(manifest) {
+            warnings.push(Diagnostic::warning(format!(
+                "{} lacks the label {}={}: apply adds it (with the fields of the manifest, under field manager {})",
+                placed.describe(),
+                objects::STACK_LABEL,
+                objects::label_value(&site.stack),
+                site.field_manager
+            )));
+            return Ok(respond(update(&live_manifest, manifest), outputs));
+        }
         if let Some(why) = not_ready {
             warnings.push(Diagnostic::warning(format!(
                 "{} was not ready after the last apply ({why}); apply waits for it again",
@@ -587,7 +602,7 @@ impl KubernetesProvider {
         let mut diagnostics = Vec::new();
         let mut not_ready = None;
         if spec.wait {
-            let deadline = Instant::now() + Duration::from_secs(spec.timeout);
+            let deadline = Instant::now() + Duration::from_secs(spec.timeout.min(MAX_TIMEOUT));
             let mut pause = Duration::from_millis(200);
             loop {
                 match objects::readiness(&live) {
@@ -622,6 +637,7 @@ impl KubernetesProvider {
                     // A dropped connection while waiting: try again until the deadline.
                     Err(d) if d.transient && Instant::now() < deadline => {}
                     Err(d) => {
+                        not_ready = Some(format!("its readiness could not be checked: {}", d.summary));
                         diagnostics.push(d);
                         break;
                     }
@@ -650,7 +666,7 @@ impl KubernetesProvider {
             Err(e) => return Err(site.error(&format!("deleting {}", identity.describe()), e)),
         }
         let timeout = request.current.spec.get("timeout").and_then(Value::as_u64).unwrap_or(default_timeout());
-        let deadline = Instant::now() + Duration::from_secs(timeout);
+        let deadline = Instant::now() + Duration::from_secs(timeout.min(MAX_TIMEOUT));
         let mut pause = Duration::from_millis(100);
         loop {
             match site.get(&kind, &identity).await? {

@@ -377,8 +377,20 @@ pub fn readiness(object: &Value) -> Readiness {
         }
         _ => match condition(object, "Ready") {
             None => Readiness::Ready,
-            Some(_) if condition_true(object, "Ready") && current => Readiness::Ready,
-            Some(_) => Readiness::Waiting(condition_text(object, "Ready")),
+            Some(ready) => {
+                // The generation the condition speaks of: its own, else the status's; an
+                // object that reports neither is taken at its word.
+                let seen = ready.get("observedGeneration").and_then(Value::as_i64).or(observed);
+                let current = match (generation, seen) {
+                    (Some(g), Some(o)) => o >= g,
+                    _ => true,
+                };
+                if condition_true(object, "Ready") && current {
+                    Readiness::Ready
+                } else {
+                    Readiness::Waiting(condition_text(object, "Ready"))
+                }
+            }
         },
     }
 }
@@ -469,6 +481,13 @@ mod tests {
         assert_eq!(readiness(&json!({"kind": "ConfigMap", "data": {}})), Readiness::Ready);
         let release = json!({"kind": "HelmRelease", "metadata": {"generation": 1}, "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "Unknown", "reason": "Progressing"}]}});
         assert_eq!(readiness(&release), Readiness::Waiting("Ready=Unknown (Progressing)".into()));
+        // The generation a Ready condition saw may sit in the condition itself.
+        let certificate = json!({"kind": "Certificate", "metadata": {"generation": 2}, "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 2}]}});
+        assert_eq!(readiness(&certificate), Readiness::Ready);
+        let stale = json!({"kind": "Certificate", "metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 2}]}});
+        assert!(matches!(readiness(&stale), Readiness::Waiting(_)));
+        let unversioned = json!({"kind": "Widget", "metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        assert_eq!(readiness(&unversioned), Readiness::Ready);
         assert_eq!(readiness(&json!({"kind": "Namespace", "status": {"phase": "Terminating"}})), Readiness::Waiting("phase is Terminating".into()));
     }
 

@@ -316,9 +316,11 @@ impl OpenStackProvider {
         let cloud = config.cloud.clone().or_else(|| std::env::var("OS_CLOUD").ok().filter(|c| !c.is_empty()));
         let (mut cloud_config, source) = match &cloud {
             Some(name) => {
+                // `OS_CLIENT_CONFIG_FILE` is how the Python tools name a clouds.yaml; the crate
+                // only knows `OS_CLIENT_CONFIG_PATH`.
                 let file = match &config.clouds_file {
                     Some(path) => Some(request.base_dir.join(path)),
-                    None => None,
+                    None => std::env::var_os("OS_CLIENT_CONFIG_FILE").filter(|f| !f.is_empty()).map(std::path::PathBuf::from),
                 };
                 if let Some(file) = &file
                     && !file.exists()

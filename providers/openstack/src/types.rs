@@ -249,6 +249,32 @@ fn canonical_rules(rules: &[Value], with_egress: bool) -> Vec<Value> {
     out
 }
 
+/// Live rules written the way the spec writes them: those the spec has, in its order and
+/// form, then the others without the default `direction` and `ethertype`.
+fn present_rules(live: &[Value], desired: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut used = vec![false; live.len()];
+    for d in desired {
+        let canonical = canonical_rule(d);
+        if let Some(i) = live.iter().enumerate().position(|(i, l)| !used[i] && *l == canonical) {
+            used[i] = true;
+            out.push(d.clone());
+        }
+    }
+    for (i, l) in live.iter().enumerate().filter(|(i, _)| !used[*i]) {
+        let _ = i;
+        let mut rule = object(l);
+        if rule.get("direction") == Some(&json!("ingress")) {
+            rule.remove("direction");
+        }
+        if rule.get("ethertype") == Some(&json!("IPv4")) {
+            rule.remove("ethertype");
+        }
+        out.push(Value::Object(rule));
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Read
 // ---------------------------------------------------------------------------------------
@@ -381,7 +407,8 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                         .is_none_or(|rules| rules.iter().any(|r| canonical_rule(r)["direction"] == "egress"));
                     let rules = live.get("security_group_rules").and_then(Value::as_array).cloned().unwrap_or_default();
                     if wanted("rules") {
-                        spec.insert("rules".into(), Value::Array(canonical_rules(&rules, with_egress)));
+                        let desired_rules = desired.and_then(|d| d.get("rules")).and_then(Value::as_array).cloned().unwrap_or_default();
+                        spec.insert("rules".into(), Value::Array(present_rules(&canonical_rules(&rules, with_egress), &desired_rules)));
                     }
                     outputs = json!({"id": id, "name": live.get("name")});
                 }
