@@ -188,8 +188,10 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    // The kubernetes client logs every failed request; strata reports them itself.
-    let default = if verbose == 0 { "warn,kube_client=off".to_string() } else { default.to_string() };
+    // The kubernetes and openstack clients log failed requests and retries; strata
+    // reports what matters itself.
+    let default =
+        if verbose == 0 { "warn,kube_client=off,openstack_sdk=off".to_string() } else { default.to_string() };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -39,6 +39,17 @@ struct Call {
     headers: HeaderMap,
 }
 
+impl Service {
+    /// The catalog's service type.
+    pub fn service_type(self) -> ServiceType {
+        match self {
+            Service::Compute => ServiceType::Compute,
+            Service::Network => ServiceType::Network,
+            Service::Image => ServiceType::Image,
+        }
+    }
+}
+
 impl RestEndpoint for Call {
     fn method(&self) -> Method {
         self.method.clone()
@@ -49,11 +60,7 @@ impl RestEndpoint for Call {
     }
 
     fn service_type(&self) -> ServiceType {
-        match self.service {
-            Service::Compute => ServiceType::Compute,
-            Service::Network => ServiceType::Network,
-            Service::Image => ServiceType::Image,
-        }
+        self.service.service_type()
     }
 
     fn parameters(&self) -> QueryParams<'_> {

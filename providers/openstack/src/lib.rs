@@ -118,15 +118,16 @@ impl Site {
             .map_err(|e| {
                 let text = client::chain(&e);
                 let lower = text.to_lowercase();
-                if lower.contains("401") || lower.contains("unauthorized") || lower.contains("authentication") && !lower.contains("connect") {
-                    Diagnostic::error(format!("Keystone at {} refused the credentials of {}: {text}", self.auth_url, self.source))
-                        .with_field("site.cloud")
-                        .with_hint("check the user, password (or application credential), project and domains of that cloud entry")
-                } else if lower.contains("connect") || lower.contains("sending request") || lower.contains("timed out") || lower.contains("dns") {
+                let unreachable = ["connect", "sending request", "timed out", "dns error", "discovery error", "not working"];
+                if unreachable.iter().any(|u| lower.contains(u)) {
                     Diagnostic::error(format!("cannot reach Keystone at {} ({}): {text}", self.auth_url, self.source))
                         .with_field("site.cloud")
                         .with_hint("check that the cloud is up and that `auth_url` is right")
                         .transient()
+                } else if lower.contains("401") || lower.contains("unauthorized") || lower.contains("authentication") {
+                    Diagnostic::error(format!("Keystone at {} refused the credentials of {}: {text}", self.auth_url, self.source))
+                        .with_field("site.cloud")
+                        .with_hint("check the user, password (or application credential), project and domains of that cloud entry")
                 } else {
                     Diagnostic::error(format!("cannot authenticate to {} ({}): {text}", self.auth_url, self.source))
                         .with_field("site.cloud")
@@ -155,7 +156,18 @@ impl Site {
         body: Option<Value>,
     ) -> Result<Value, Failure> {
         let client = self.client().await.map_err(Failure::Other)?;
-        client::send(&client, &self.calls, method, service, path, query, body).await
+        match client::send(&client, &self.calls, method.clone(), service, path, query, body.clone()).await {
+            // After re-authenticating (an expired token) the session's catalog is fresh and
+            // has forgotten the versions discovery found: discover again, once.
+            Err(Failure::Other(d)) if d.summary.contains("Api Version") || d.summary.contains("catalog") => {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = client.discover_service_endpoint(&service.service_type()).await {
+                    tracing::debug!("discovery again failed: {}", client::chain(&e));
+                }
+                client::send(&client, &self.calls, method, service, path, query, body).await
+            }
+            other => other,
+        }
     }
 
     /// The stack's tag. Nova allows 60 characters in a tag: a longer stack name is cut and
