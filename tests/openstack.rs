@@ -371,3 +371,56 @@ fn a_crash_during_server_creation_is_healed_by_adoption_not_by_twins() {
     let out = strata(&cloud, &path, &["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn ports_floating_ips_gpu_exhaustion_and_import() {
+    let cloud = Cloud::start("os-extras", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |gpu_servers: u32| {
+        let text = format!(
+            "apiVersion: strata.dev/v1alpha1\nkind: Stack\nmetadata: {{name: os-extras}}\nspec:\n  catalog: [{}]\n  state: {{backend: local, path: state.json}}\n  sites:\n    sovereign: {{provider: openstack, config: {{cloud: strata-test}}}}\n  components:\n    - {{name: extras, blueprint: os-extras@^1, site: sovereign, values: {{externalNetworkId: {}, image: {}, gpuServers: {gpu_servers}}}}}\n",
+            std::fs::canonicalize("tests/fixtures/openstack/catalog").unwrap().display(),
+            cloud.get("external_network_id"),
+            cloud.get("image_name"),
+        );
+        let path = dir.path().join("stack.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // A network made by hand is taken under management, not made twice.
+    let handmade = cloud.cli(&["network", "create", "handmade", "-f", "json"]);
+    let id = handmade["id"].as_str().unwrap().to_string();
+    let path = write(0);
+    let out = strata(&cloud, &path, &["import", "sovereign/extras/openstack.network/imported", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = strata(&cloud, &path, &["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("openstack.network/imported: created"), "{}", text(&out));
+    let networks = cloud.cli(&["network", "list", "--name", "handmade", "-f", "json"]);
+    assert_eq!(networks.as_array().unwrap().len(), 1, "{networks}");
+    let port = cloud.cli(&["port", "show", "web", "-f", "json"]);
+    assert!(port["fixed_ips"].to_string().contains("10.70.0.50"), "{port}");
+    let fips = cloud.cli(&["floating", "ip", "list", "--tags", "strata-stack=os-extras", "-f", "json"]);
+    let fips = fips.as_array().unwrap();
+    assert_eq!(fips.len(), 1, "{fips:?}");
+    assert_eq!(fips[0]["Port"].as_str(), port["id"].as_str(), "the floating IP is on the port: {fips:?}");
+    let out = strata(&cloud, &path, &["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Two servers with two GPUs each on a host with three: the second goes to ERROR, and
+    // the report carries Nova's fault.
+    let path = write(2);
+    let out = strata(&cloud, &path, &["apply", "--auto-approve", "--parallelism", "1"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("went to ERROR") && shown.contains("No valid host was found"), "{shown}");
+    // The failed server is recorded; the next plan replaces it, saying why.
+    let out = strata(&cloud, &path, &["plan"]);
+    let shown = text(&out);
+    assert!(shown.contains("must be replaced") && shown.contains("the server is in ERROR (No valid host was found"), "{shown}");
+
+    let out = strata(&cloud, &path, &["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(cloud.cli(&["network", "list", "--name", "handmade", "-f", "json"]).as_array().unwrap().is_empty(), "the imported network was destroyed with the stack");
+}

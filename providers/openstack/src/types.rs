@@ -722,6 +722,11 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
     }
     match &id {
         None => {
+            // Neutron requires the IP version of a subnet; the CIDR tells it.
+            if n.singular == "subnet" && !body.contains_key("ip_version") {
+                let v6 = text(desired, "cidr").is_some_and(|c| c.contains(':'));
+                body.insert("ip_version".into(), json!(if v6 { 6 } else { 4 }));
+            }
             let made = site.create_neutron(n.collection, n.singular, body, address).await?;
             id = made.get("id").and_then(Value::as_str).map(String::from);
         }
@@ -1052,11 +1057,14 @@ pub async fn import(site: &Site, request: &ImportRequest) -> Result<ResourceStat
                 .send(Method::GET, Service::Network, &format!("{}/{id}", n.collection), &[], None)
                 .await
                 .map_err(|f| f.into_diagnostic(&format!("reading {} {id}", n.singular)))?;
-            for tag in [site.stack_tag(), Site::address_tag(address)] {
-                site.send(Method::PUT, Service::Network, &format!("{}/{id}/tags/{tag}", n.collection), &[], None)
-                    .await
-                    .map_err(|f| f.into_diagnostic(&format!("tagging {} {id}", n.singular)))?;
-            }
+            // The address holds slashes: the whole list goes in the body, not tags in the URL.
+            let mut tags: Vec<Value> = v.pointer(&format!("/{}/tags", n.singular)).and_then(Value::as_array).cloned().unwrap_or_default();
+            tags.retain(|t| !t.as_str().is_some_and(|t| t.starts_with("strata-stack=") || t.starts_with("strata-address=")));
+            tags.push(json!(site.stack_tag()));
+            tags.push(json!(Site::address_tag(address)));
+            site.send(Method::PUT, Service::Network, &format!("{}/{id}/tags", n.collection), &[], Some(json!({"tags": tags})))
+                .await
+                .map_err(|f| f.into_diagnostic(&format!("tagging {} {id}", n.singular)))?;
             site.invalidate(n.collection).await;
             v.get(n.singular).cloned().unwrap_or(Value::Null)
         }
