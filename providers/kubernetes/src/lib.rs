@@ -418,7 +418,8 @@ impl KubernetesProvider {
             _ => None,
         };
         // Recorded (imported) but not labelled yet: the next apply labels it.
-        let private = json!({"owned": owned, "notReady": not_ready, "unlabelled": owned && !labelled});
+        let unlabelled = (owned && !labelled).then_some(true);
+        let private = json!({"owned": owned, "notReady": not_ready, "unlabelled": unlabelled});
         Ok(Some(state_of(&identity, &live, &request.spec, &shape, strip_nulls(private))))
     }
 

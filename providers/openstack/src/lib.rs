@@ -284,7 +284,9 @@ impl Site {
 
     /// An image's id from its name or id.
     pub(crate) async fn image_id(&self, image: &str) -> Result<String, Diagnostic> {
-        if let Some(found) = self.images.lock().await.get(image) {
+        // Held while looking up: many servers of one image ask at once, one asks Glance.
+        let mut images = self.images.lock().await;
+        if let Some(found) = images.get(image) {
             return found.clone().map_err(|e| Diagnostic::error(e).with_field("image"));
         }
         let by_id = self.send(Method::GET, Service::Image, &format!("images/{image}"), &[], None).await;
@@ -308,7 +310,7 @@ impl Site {
             }
             Err(f) => return Err(f.into_diagnostic(&format!("looking up image {image}"))),
         };
-        self.images.lock().await.insert(image.to_string(), found.clone());
+        images.insert(image.to_string(), found.clone());
         found.map_err(|e| Diagnostic::error(e).with_field("image"))
     }
 }

@@ -428,7 +428,7 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                 spec.insert("publicKey".into(), key.clone());
             }
             outputs = json!({"name": name, "fingerprint": live.get("fingerprint")});
-            return Ok(ResourceState { id: name, spec: Value::Object(spec), outputs, private: Value::Null });
+            return Ok(ResourceState { id: name, spec: Value::Object(spec), outputs, private: json!({"owned": true}) });
         }
         Kind::Server => {
             let d = desired.cloned().unwrap_or(Value::Null);
