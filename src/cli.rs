@@ -190,8 +190,7 @@ fn init_logging(verbose: u8) {
     };
     // The kubernetes and openstack clients log failed requests and retries; strata
     // reports what matters itself.
-    let default =
-        if verbose == 0 { "warn,kube_client=off,openstack_sdk=off".to_string() } else { default.to_string() };
+    let default = if verbose == 0 { "warn,kube_client=off,openstack_sdk=off".to_string() } else { default.to_string() };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -128,42 +128,52 @@ impl Graph {
         for (site_name, site) in &stack.sites {
             let at = format!("/spec/sites/{site_name}/config");
             let mut targets = Vec::new();
-            references_with_pointers(&site.config, at.clone(), &mut |pointer, r| match rendered.resources.get(r.address) {
-                Some(target) if target.site == *site_name => diags.push(
-                    Diagnostic::error(format!(
-                        "site `{site_name}` is reached through `{}`, which is on the same site",
-                        r.address
-                    ))
-                    .at(stack.doc.locate(&pointer))
-                    .field(pointer_to_field(&pointer))
-                    .hint("a site's connection must come from a resource on another site"),
-                ),
-                Some(target) => {
-                    if let Some(info) = registry.type_info(&target.resource_type)
-                        && !info.outputs.iter().any(|o| o == r.field.split('.').next().unwrap_or(r.field))
-                    {
-                        diags.push(
-                            Diagnostic::error(format!(
-                                "site `{site_name}` refers to output `{}` of `{}`, which it does not have",
-                                r.field, r.address
-                            ))
-                            .at(stack.doc.locate(&pointer))
-                            .field(pointer_to_field(&pointer))
-                            .hint(format!("`{}` outputs: {}", target.resource_type, info.outputs.join(", "))),
-                        );
+            references_with_pointers(
+                &site.config,
+                at.clone(),
+                &mut |pointer, r| match rendered.resources.get(r.address) {
+                    Some(target) if target.site == *site_name => diags.push(
+                        Diagnostic::error(format!(
+                            "site `{site_name}` is reached through `{}`, which is on the same site",
+                            r.address
+                        ))
+                        .at(stack.doc.locate(&pointer))
+                        .field(pointer_to_field(&pointer))
+                        .hint("a site's connection must come from a resource on another site"),
+                    ),
+                    Some(target) => {
+                        if let Some(info) = registry.type_info(&target.resource_type)
+                            && !info.outputs.iter().any(|o| o == r.field.split('.').next().unwrap_or(r.field))
+                        {
+                            diags.push(
+                                Diagnostic::error(format!(
+                                    "site `{site_name}` refers to output `{}` of `{}`, which it does not have",
+                                    r.field, r.address
+                                ))
+                                .at(stack.doc.locate(&pointer))
+                                .field(pointer_to_field(&pointer))
+                                .hint(format!(
+                                    "`{}` outputs: {}",
+                                    target.resource_type,
+                                    info.outputs.join(", ")
+                                )),
+                            );
+                        }
+                        targets.push(index[r.address]);
                     }
-                    targets.push(index[r.address]);
-                }
-                None => diags.push(
-                    Diagnostic::error(format!(
-                        "site `{site_name}` refers to `{}`, which the stack does not render",
-                        r.address
-                    ))
-                    .at(stack.doc.locate(&pointer))
-                    .field(pointer_to_field(&pointer))
-                    .hint("write the full address, `site/component/type/name`; `strata render` lists every address"),
-                ),
-            });
+                    None => diags.push(
+                        Diagnostic::error(format!(
+                            "site `{site_name}` refers to `{}`, which the stack does not render",
+                            r.address
+                        ))
+                        .at(stack.doc.locate(&pointer))
+                        .field(pointer_to_field(&pointer))
+                        .hint(
+                            "write the full address, `site/component/type/name`; `strata render` lists every address",
+                        ),
+                    ),
+                },
+            );
             if targets.is_empty() {
                 continue;
             }
@@ -181,10 +191,8 @@ impl Graph {
             }
         }
         for ((_, provider), resources) in &by_site {
-            let specs: Vec<SpecRef<'_>> = resources
-                .iter()
-                .map(|r| SpecRef { resource_type: &r.resource_type, spec: &r.spec })
-                .collect();
+            let specs: Vec<SpecRef<'_>> =
+                resources.iter().map(|r| SpecRef { resource_type: &r.resource_type, spec: &r.spec }).collect();
             for (dependent, dependency) in registry.implied_dependencies(provider, &specs) {
                 let (to, from) = (index[&resources[dependent].address], index[&resources[dependency].address]);
                 // An implied order never overrides one the stack states the other way round.

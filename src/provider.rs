@@ -194,7 +194,10 @@ pub enum Readiness {
 impl ConfiguredSite {
     /// Configures a deferred site when `lookup` knows every output its config needs.
     /// `lookup(address, field)` gives a known output value.
-    pub async fn ready(&self, lookup: &(dyn Fn(&str, &str) -> Option<Value> + Sync)) -> Result<Readiness, Vec<Diagnostic>> {
+    pub async fn ready(
+        &self,
+        lookup: &(dyn Fn(&str, &str) -> Option<Value> + Sync),
+    ) -> Result<Readiness, Vec<Diagnostic>> {
         let Some(deferred) = &self.deferred else {
             return Ok(Readiness::Ready);
         };
@@ -202,7 +205,9 @@ impl ConfiguredSite {
             return done.clone().map(|_| Readiness::Ready);
         }
         let mut config = deferred.request.config.clone();
-        unknown::resolve(&mut config, &|address, field| lookup(address, field).filter(|v| !unknown::contains_unknown(v)));
+        unknown::resolve(&mut config, &|address, field| {
+            lookup(address, field).filter(|v| !unknown::contains_unknown(v))
+        });
         if unknown::contains_unknown(&config) {
             return Ok(Readiness::Waiting(deferred.needs()));
         }
@@ -267,8 +272,10 @@ pub async fn configure_sites(
         };
         if unknown::contains_unknown(&site.config) {
             let deferred = Deferred { request, done: tokio::sync::OnceCell::new() };
-            configured
-                .insert(name.clone(), ConfiguredSite { provider, max_concurrency: None, deferred: Some(Arc::new(deferred)) });
+            configured.insert(
+                name.clone(),
+                ConfiguredSite { provider, max_concurrency: None, deferred: Some(Arc::new(deferred)) },
+            );
             continue;
         }
         let response = provider.configure(request).await;

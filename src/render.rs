@@ -376,13 +376,13 @@ pub fn render_site_configs(stack: &mut Stack) -> Vec<Diagnostic> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.add_function("ref", |address: String, field: String| -> Result<String, minijinja::Error> {
-        let full = canonical_address(&address, "", "")
-            .ok()
-            .filter(|_| address.split('/').count() == 4)
-            .ok_or_else(|| {
+        let full =
+            canonical_address(&address, "", "").ok().filter(|_| address.split('/').count() == 4).ok_or_else(|| {
                 minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,
-                    format!("`{address}` is not a full resource address: a site's config writes `site/component/type/name`"),
+                    format!(
+                        "`{address}` is not a full resource address: a site's config writes `site/component/type/name`"
+                    ),
                 )
             })?;
         if field.is_empty() || field.contains(unknown::CLOSE) {
@@ -398,10 +398,13 @@ pub fn render_site_configs(stack: &mut Stack) -> Vec<Diagnostic> {
             Value::String(s) if s.contains("{{") || s.contains("{%") => match env.render_str(s, ()) {
                 Ok(rendered) => *s = rendered,
                 Err(e) => out.push(
-                    Diagnostic::error(format!("this site setting does not render: {}", e.detail().unwrap_or(&e.to_string())))
-                        .at(doc.locate(&pointer))
-                        .field(crate::diagnostics::pointer_to_field(&pointer))
-                        .hint("a site's config may use only `{{ ref(\"site/component/type/name\", \"output\") }}`"),
+                    Diagnostic::error(format!(
+                        "this site setting does not render: {}",
+                        e.detail().unwrap_or(&e.to_string())
+                    ))
+                    .at(doc.locate(&pointer))
+                    .field(crate::diagnostics::pointer_to_field(&pointer))
+                    .hint("a site's config may use only `{{ ref(\"site/component/type/name\", \"output\") }}`"),
                 ),
             },
             Value::Array(items) => {

@@ -70,7 +70,13 @@ impl Cluster {
         let out = self.kubectl(&["apply", "-f", "e2e/kubernetes/crds/flux-helm.yaml"], None);
         assert!(out.status.success(), "installing the Flux CRDs: {}", text(&out));
         let out = self.kubectl(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/helmreleases.helm.toolkit.fluxcd.io", "crd/helmrepositories.source.toolkit.fluxcd.io"],
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/helmreleases.helm.toolkit.fluxcd.io",
+                "crd/helmrepositories.source.toolkit.fluxcd.io",
+            ],
             None,
         );
         assert!(out.status.success(), "waiting for the Flux CRDs: {}", text(&out));
@@ -138,20 +144,35 @@ fn addons_converge_show_drift_report_conflicts_prune_and_destroy() {
     assert!(out.status.success(), "apply failed:\n{}", text(&out));
     assert!(text(&out).contains("9 created"), "{}", text(&out));
     let crd = cluster.get(&["crd", "gadgets.example.com"]).expect("the CRD exists");
-    let established = crd["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Established" && c["status"] == "True");
+    let established = crd["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Established" && c["status"] == "True");
     assert!(established, "strata waited for the CRD to be Established: {crd}");
     for g in ["alpha", "beta"] {
         let gadget = cluster.get(&["-n", "platform", "gadget", g]).unwrap_or_else(|| panic!("gadget {g} exists"));
         assert_eq!(gadget["spec"]["size"], 3);
         assert_eq!(gadget["metadata"]["labels"]["strata.dev/stack"], "k8s-test");
-        assert_eq!(gadget["metadata"]["annotations"]["strata.dev/address"], format!("cluster/platform/kubernetes.manifest/gadget-{g}"));
+        assert_eq!(
+            gadget["metadata"]["annotations"]["strata.dev/address"],
+            format!("cluster/platform/kubernetes.manifest/gadget-{g}")
+        );
     }
     let release = cluster.get(&["-n", "gpu-operator", "helmrelease", "gpu-operator"]).expect("the HelmRelease exists");
     assert_eq!(release["spec"]["values"]["mig"]["strategy"], "mixed");
-    assert_eq!(release["spec"]["values"]["node-feature-discovery"]["worker"]["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(
+        release["spec"]["values"]["node-feature-discovery"]["worker"]["nodeSelector"]["nvidia.com/gpu.present"],
+        "true"
+    );
     assert!(cluster.get(&["-n", "gpu-operator", "helmrepository", "nvidia"]).is_some());
     let deployment = cluster.get(&["-n", "platform", "deployment", "web"]).expect("the Deployment exists");
-    let managers: Vec<&str> = deployment["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
+    let managers: Vec<&str> = deployment["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
     assert!(managers.contains(&"strata"), "applied with field manager `strata`: {managers:?}");
 
     // Second plan: nothing, although the server filled in defaults and other managers
@@ -162,19 +183,24 @@ fn addons_converge_show_drift_report_conflicts_prune_and_destroy() {
 
     // Someone else takes a field over with their own field manager.
     let edit = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: platform}\ndata: {mode: slow}\n";
-    let out = cluster.kubectl(&["apply", "--server-side", "--field-manager=intruder", "--force-conflicts", "-f", "-"], Some(edit));
+    let out = cluster
+        .kubectl(&["apply", "--server-side", "--field-manager=intruder", "--force-conflicts", "-f", "-"], Some(edit));
     assert!(out.status.success(), "{}", text(&out));
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(shown.contains("manifest.data.mode") && shown.contains("\"slow\" -> \"fast\""), "the drift is shown per field:\n{shown}");
+    assert!(
+        shown.contains("manifest.data.mode") && shown.contains("\"slow\" -> \"fast\""),
+        "the drift is shown per field:\n{shown}"
+    );
     assert!(shown.contains("conflict with \"intruder\": .data.mode"), "the conflict is a plan finding:\n{shown}");
     assert!(shown.contains("1 to update"), "only the edited object changes:\n{shown}");
     // Apply does not overwrite it silently...
     let out = strata(&stack, &["apply", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("applying ConfigMap platform/settings: Apply failed with 1 conflict: conflict with \"intruder\""),
+        text(&out)
+            .contains("applying ConfigMap platform/settings: Apply failed with 1 conflict: conflict with \"intruder\""),
         "the apply stops at the conflict, with the server's message: {}",
         text(&out)
     );
@@ -205,14 +231,23 @@ fn addons_converge_show_drift_report_conflicts_prune_and_destroy() {
     assert!(cluster.get(&["crd", "gadgets.example.com"]).is_none());
     assert!(cluster.get(&["namespace", "platform"]).is_none());
     assert!(cluster.get(&["namespace", "gpu-operator"]).is_none());
-    let labelled = cluster.get(&["configmaps,deployments,namespaces,helmreleases,helmrepositories", "-A", "-l", "strata.dev/stack=k8s-test"]).unwrap();
+    let labelled = cluster
+        .get(&[
+            "configmaps,deployments,namespaces,helmreleases,helmrepositories",
+            "-A",
+            "-l",
+            "strata.dev/stack=k8s-test",
+        ])
+        .unwrap();
     assert_eq!(labelled["items"].as_array().unwrap().len(), 0, "nothing labelled with the stack remains: {labelled}");
     let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
     assert_eq!(state["resources"].as_object().unwrap().len(), 0);
 }
 
 fn raw(objects: &str, wait: bool, timeout: u32) -> String {
-    format!("    - {{name: raw, blueprint: manifests@^1, site: cluster, values: {{wait: {wait}, timeout: {timeout}, objects: {objects}}}}}\n")
+    format!(
+        "    - {{name: raw, blueprint: manifests@^1, site: cluster, values: {{wait: {wait}, timeout: {timeout}, objects: {objects}}}}}\n"
+    )
 }
 
 #[test]
@@ -234,7 +269,10 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(shown.contains("cluster/raw/kubernetes.manifest/widget-w"), "{shown}");
-    assert!(shown.contains(&format!("the API server at {} has no kind `Widget` in `example.com/v1`", cluster.server)), "{shown}");
+    assert!(
+        shown.contains(&format!("the API server at {} has no kind `Widget` in `example.com/v1`", cluster.server)),
+        "{shown}"
+    );
     assert!(shown.contains("field: spec.manifest.kind") && shown.contains("objects.yaml.j2"), "{shown}");
 
     // An object the server's schema refuses: its message, at plan time.
@@ -243,7 +281,10 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("cluster/raw/kubernetes.manifest/service-bad: the server refuses Service default/bad"), "{shown}");
+    assert!(
+        shown.contains("cluster/raw/kubernetes.manifest/service-bad: the server refuses Service default/bad"),
+        "{shown}"
+    );
     assert!(shown.contains("must be between 1 and 65535"), "the server's own message: {shown}");
 
     // A kubeconfig that is not one.
@@ -256,7 +297,11 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     assert!(shown.contains("field: spec.sites.cluster.config.kubeconfig"), "{shown}");
 
     // An unknown context.
-    let stack = write_stack(dir.path(), &format!("{{kubeconfig: {}, context: nowhere}}", cluster.kubeconfig.display()), &raw(&format!("[{configmap}]"), true, 300));
+    let stack = write_stack(
+        dir.path(),
+        &format!("{{kubeconfig: {}, context: nowhere}}", cluster.kubeconfig.display()),
+        &raw(&format!("[{configmap}]"), true, 300),
+    );
     let out = strata(&stack, &["plan"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("context `nowhere`"), "{}", text(&out));
@@ -273,12 +318,19 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
 
     // An unreachable server: the resource could not be planned, nothing is touched.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(dir.path().join("unreachable"), kubeconfig.replace(&cluster.server, &format!("https://127.0.0.1:{closed}"))).unwrap();
+    std::fs::write(
+        dir.path().join("unreachable"),
+        kubeconfig.replace(&cluster.server, &format!("https://127.0.0.1:{closed}")),
+    )
+    .unwrap();
     let stack = write_stack(dir.path(), "{kubeconfig: unreachable}", &raw(&format!("[{configmap}]"), true, 300));
     let out = strata(&stack, &["apply", "--auto-approve"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("could not be planned") && shown.contains("cluster/raw/kubernetes.manifest/configmap-ok"), "{shown}");
+    assert!(
+        shown.contains("could not be planned") && shown.contains("cluster/raw/kubernetes.manifest/configmap-ok"),
+        "{shown}"
+    );
     assert!(shown.contains(&format!("cannot reach the API server at https://127.0.0.1:{closed}")), "{shown}");
     assert_eq!(std::fs::read(&state_path).unwrap(), state_before, "nothing went wrong, so the state did not change");
     let out = strata(&stack, &["state", "list"]);
@@ -307,15 +359,28 @@ fn bad_input_and_unready_objects_are_reported_and_the_state_stays_valid() {
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("ConfigMap default/foreign already exists on the cluster and was not made by this stack"), "{shown}");
-    assert!(shown.contains("strata import cluster/raw/kubernetes.manifest/configmap-foreign v1/ConfigMap/default/foreign"), "{shown}");
-    let out = strata(&stack, &["import", "cluster/raw/kubernetes.manifest/configmap-foreign", "v1/ConfigMap/default/foreign"]);
+    assert!(
+        shown.contains("ConfigMap default/foreign already exists on the cluster and was not made by this stack"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("strata import cluster/raw/kubernetes.manifest/configmap-foreign v1/ConfigMap/default/foreign"),
+        "{shown}"
+    );
+    let out = strata(
+        &stack,
+        &["import", "cluster/raw/kubernetes.manifest/configmap-foreign", "v1/ConfigMap/default/foreign"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     // The imported object gets the stack's label with the next apply, and then converges.
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(shown.contains("ConfigMap default/foreign lacks the label strata.dev/stack=k8s-test") && shown.contains("1 to update"), "{shown}");
+    assert!(
+        shown.contains("ConfigMap default/foreign lacks the label strata.dev/stack=k8s-test")
+            && shown.contains("1 to update"),
+        "{shown}"
+    );
     let out = strata(&stack, &["apply", "--auto-approve"]);
     assert!(text(&out).contains("configmap-foreign: updated"), "{}", text(&out));
     let foreign = cluster.get(&["-n", "default", "configmap", "foreign"]).unwrap();
@@ -365,7 +430,10 @@ spec:
     let out = strata(&stack, &["plan"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(shown.contains("site `cluster` is reached through outputs of `lab/bootstrap/local.file/kubeconfig`"), "{shown}");
+    assert!(
+        shown.contains("site `cluster` is reached through outputs of `lab/bootstrap/local.file/kubeconfig`"),
+        "{shown}"
+    );
     assert!(shown.contains("3 to create"), "{shown}");
 
     let out = strata(&stack, &["apply", "--auto-approve"]);

@@ -38,7 +38,8 @@ impl Cloud {
             String::from_utf8_lossy(&out.stderr)
         );
         let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("`{CLOUD} start` printed no JSON ({e}): {line}"));
+        let info: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("`{CLOUD} start` printed no JSON ({e}): {line}"));
         Cloud { name, info, _serial: serial }
     }
 
@@ -127,7 +128,10 @@ fn strata_with(cloud: &Cloud, stack: &Path, args: &[&str], env: &[(&str, &str)])
 fn stack(cloud: &Cloud, dir: &Path, gpu_count: u32, count: u32, site_config: Option<&str>) -> PathBuf {
     let mut text = std::fs::read_to_string("examples/openstack-gpu/stack.yaml")
         .unwrap()
-        .replace("catalog: [../../blueprints]", &format!("catalog: [{}]", std::fs::canonicalize("blueprints").unwrap().display()))
+        .replace(
+            "catalog: [../../blueprints]",
+            &format!("catalog: [{}]", std::fs::canonicalize("blueprints").unwrap().display()),
+        )
         .replace("EXTERNAL-NETWORK-ID", &cloud.get("external_network_id"))
         .replace("image: cirros-fake", &format!("image: {}", cloud.get("image_name")))
         .replace("gpu: {model: H100, count: 1}", &format!("gpu: {{model: H100, count: {gpu_count}}}"))
@@ -156,7 +160,14 @@ fn gpu_nodes_converge_show_drift_replace_on_flavor_change_and_destroy_everything
         assert_eq!(s["Flavor"], "gpu1", "gpu {{model: H100, count: 1}} picks flavor gpu1: {s}");
     }
     let tagged = cloud.tagged("openstack-gpu");
-    for expected in ["network:training", "subnet:training-nodes", "router:training", "security group:training-nodes", "server:training-node-0", "server:training-node-1"] {
+    for expected in [
+        "network:training",
+        "subnet:training-nodes",
+        "router:training",
+        "security group:training-nodes",
+        "server:training-node-0",
+        "server:training-node-1",
+    ] {
         assert!(tagged.iter().any(|t| t == expected), "{expected} is tagged with the stack: {tagged:?}");
     }
     let router = cloud.cli(&["router", "show", "training", "-f", "json"]);
@@ -181,7 +192,10 @@ fn gpu_nodes_converge_show_drift_replace_on_flavor_change_and_destroy_everything
     let out = strata(&cloud, &path, &["plan"]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
-    assert!(shown.contains("openstack.security_group/nodes will be updated in place") && shown.contains("1 to update"), "{shown}");
+    assert!(
+        shown.contains("openstack.security_group/nodes will be updated in place") && shown.contains("1 to update"),
+        "{shown}"
+    );
     let out = strata(&cloud, &path, &["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = strata(&cloud, &path, &["plan", "--detailed-exitcode"]);
@@ -214,7 +228,8 @@ fn bad_input_is_reported_with_the_site_and_field_and_the_state_stays_valid() {
 
     // An unknown flavor and an unknown image: plan errors on the fields, nothing made.
     let path = stack(&cloud, dir.path(), 1, 1, None);
-    let text_stack = std::fs::read_to_string(&path).unwrap().replace("gpu: {model: H100, count: 1}", "flavor: gpu.giant");
+    let text_stack =
+        std::fs::read_to_string(&path).unwrap().replace("gpu: {model: H100, count: 1}", "flavor: gpu.giant");
     std::fs::write(&path, text_stack).unwrap();
     let out = strata(&cloud, &path, &["plan"]);
     let shown = text(&out);
@@ -225,14 +240,25 @@ fn bad_input_is_reported_with_the_site_and_field_and_the_state_stays_valid() {
     let out = strata(&cloud, &path, &["plan"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("carries `pci_passthrough:alias` = h100:7") && shown.contains("GPU flavors here"), "{shown}");
-    let text_stack = std::fs::read_to_string(stack(&cloud, dir.path(), 1, 1, None)).unwrap().replace(&format!("image: {}", cloud.get("image_name")), "image: no-such-image");
+    assert!(
+        shown.contains("carries `pci_passthrough:alias` = h100:7") && shown.contains("GPU flavors here"),
+        "{shown}"
+    );
+    let text_stack = std::fs::read_to_string(stack(&cloud, dir.path(), 1, 1, None))
+        .unwrap()
+        .replace(&format!("image: {}", cloud.get("image_name")), "image: no-such-image");
     std::fs::write(&path, text_stack).unwrap();
     let out = strata(&cloud, &path, &["plan"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(shown.contains("no image named or with id `no-such-image`") && shown.contains("field: spec.image"), "{shown}");
-    assert!(!dir.path().join(".strata/state.json").exists() || std::fs::read_to_string(dir.path().join(".strata/state.json")).unwrap().contains("\"resources\": {}"));
+    assert!(
+        shown.contains("no image named or with id `no-such-image`") && shown.contains("field: spec.image"),
+        "{shown}"
+    );
+    assert!(
+        !dir.path().join(".strata/state.json").exists()
+            || std::fs::read_to_string(dir.path().join(".strata/state.json")).unwrap().contains("\"resources\": {}")
+    );
 
     // An apply that outlives its token (20 s here): a security group, 22 s of waiting on
     // another site, then a second group through the same session, whose token has expired
@@ -283,7 +309,9 @@ spec:
     let password = cloud.get("password");
     std::fs::write(dir.path().join("clouds.yaml"), clouds.replace(&password, "wrong-password")).unwrap();
     let variant = |config: &str| {
-        let text = std::fs::read_to_string(&path).unwrap().replace("config: {cloud: strata-test}", &format!("config: {config}"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("config: {cloud: strata-test}", &format!("config: {config}"));
         let variant = dir.path().join("variant.yaml");
         std::fs::write(&variant, text).unwrap();
         variant
@@ -305,7 +333,11 @@ spec:
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let auth_url = cloud.get("auth_url");
     let port = auth_url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().to_string();
-    std::fs::write(dir.path().join("clouds.yaml"), clouds.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{closed}"))).unwrap();
+    std::fs::write(
+        dir.path().join("clouds.yaml"),
+        clouds.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{closed}")),
+    )
+    .unwrap();
     let down = variant("{cloud: strata-test, cloudsFile: clouds.yaml}");
     let out = strata(&cloud, &down, &["apply", "--auto-approve"]);
     let shown = text(&out);
@@ -361,7 +393,8 @@ fn a_crash_during_server_creation_is_healed_by_adoption_not_by_twins() {
     let out = strata(&cloud, &path, &["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
     let servers = cloud.cli(&["server", "list", "-f", "json"]);
-    let mut names: Vec<String> = servers.as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap().to_string()).collect();
+    let mut names: Vec<String> =
+        servers.as_array().unwrap().iter().map(|s| s["Name"].as_str().unwrap().to_string()).collect();
     names.sort();
     assert_eq!(names, vec!["training-node-0", "training-node-1"], "exactly one server per address");
     let networks = cloud.cli(&["network", "list", "--tags", "strata-stack=openstack-gpu", "-f", "json"]);
@@ -418,9 +451,15 @@ fn ports_floating_ips_gpu_exhaustion_and_import() {
     // The failed server is recorded; the next plan replaces it, saying why.
     let out = strata(&cloud, &path, &["plan"]);
     let shown = text(&out);
-    assert!(shown.contains("must be replaced") && shown.contains("the server is in ERROR (No valid host was found"), "{shown}");
+    assert!(
+        shown.contains("must be replaced") && shown.contains("the server is in ERROR (No valid host was found"),
+        "{shown}"
+    );
 
     let out = strata(&cloud, &path, &["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(cloud.cli(&["network", "list", "--name", "handmade", "-f", "json"]).as_array().unwrap().is_empty(), "the imported network was destroyed with the stack");
+    assert!(
+        cloud.cli(&["network", "list", "--name", "handmade", "-f", "json"]).as_array().unwrap().is_empty(),
+        "the imported network was destroyed with the stack"
+    );
 }

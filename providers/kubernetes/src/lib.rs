@@ -128,21 +128,6 @@ impl Drop for Site {
     }
 }
 
-/// The `source()` chain of an error, joined.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 impl Site {
     fn count(&self) {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -167,7 +152,7 @@ impl Site {
                 }
             }
             other => Diagnostic::error(format!("{what}: cannot reach the API server at {}", self.server))
-                .with_detail(chain(&other))
+                .with_detail(error_chain(&other))
                 .with_hint("check that the cluster is up and that the kubeconfig's server address is right")
                 .transient(),
         }
@@ -325,7 +310,7 @@ impl KubernetesProvider {
             .map_err(|e| Diagnostic::error(format!("invalid config: {e}")))?;
         let (kubeconfig, source, field) = if let Some(content) = &config.kubeconfig_content {
             let parsed = Kubeconfig::from_yaml(content).map_err(|e| {
-                Diagnostic::error(format!("`kubeconfigContent` is not a kubeconfig: {}", chain(&e)))
+                Diagnostic::error(format!("`kubeconfigContent` is not a kubeconfig: {}", error_chain(&e)))
                     .with_field("kubeconfigContent")
                     .with_hint("it must be the YAML of a kubeconfig (apiVersion: v1, kind: Config)")
             })?;
@@ -336,14 +321,14 @@ impl KubernetesProvider {
                 _ => request.base_dir.join(path),
             };
             let parsed = Kubeconfig::read_from(&path).map_err(|e| {
-                Diagnostic::error(format!("cannot load the kubeconfig {}: {}", path.display(), chain(&e)))
+                Diagnostic::error(format!("cannot load the kubeconfig {}: {}", path.display(), error_chain(&e)))
                     .with_field("kubeconfig")
                     .with_hint("the path is relative to the stack file; it must be a kubeconfig (apiVersion: v1, kind: Config)")
             })?;
             (parsed, path.display().to_string(), "kubeconfig")
         } else {
             let parsed = Kubeconfig::read().map_err(|e| {
-                Diagnostic::error(format!("no kubeconfig: {}", chain(&e)))
+                Diagnostic::error(format!("no kubeconfig: {}", error_chain(&e)))
                     .with_field("kubeconfig")
                     .with_hint("set `kubeconfig` in the site's config, or KUBECONFIG, or write ~/.kube/config")
             })?;
@@ -351,7 +336,7 @@ impl KubernetesProvider {
         };
         let options = KubeConfigOptions { context: config.context.clone(), cluster: None, user: None };
         let mut client_config = Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| {
-            let d = Diagnostic::error(format!("cannot use the kubeconfig ({source}): {}", chain(&e)));
+            let d = Diagnostic::error(format!("cannot use the kubeconfig ({source}): {}", error_chain(&e)));
             match &config.context {
                 Some(context) => d
                     .with_field("context")
@@ -366,7 +351,7 @@ impl KubernetesProvider {
         let server = client_config.cluster_url.to_string().trim_end_matches('/').to_string();
         let namespace = config.namespace.clone().unwrap_or_else(|| client_config.default_namespace.clone());
         let client = Client::try_from(client_config).map_err(|e| {
-            Diagnostic::error(format!("cannot make a client for {server}: {}", chain(&e)))
+            Diagnostic::error(format!("cannot make a client for {server}: {}", error_chain(&e)))
                 .with_field(field)
                 .with_hint("check the kubeconfig's certificate-authority data and client certificate")
         })?;
@@ -423,7 +408,11 @@ impl KubernetesProvider {
         Ok(Some(state_of(&identity, &live, &request.spec, &shape, strip_nulls(private))))
     }
 
-    async fn plan_object(&self, request: &PlanRequest, warnings: &mut Vec<Diagnostic>) -> Result<PlanResponse, Diagnostic> {
+    async fn plan_object(
+        &self,
+        request: &PlanRequest,
+        warnings: &mut Vec<Diagnostic>,
+    ) -> Result<PlanResponse, Diagnostic> {
         let site = self.site()?;
         let spec = parse_spec(&request.desired)?;
         let manifest = &spec.manifest;
@@ -464,7 +453,8 @@ impl KubernetesProvider {
             };
             let identity = site.place(identity, &kind)?;
             if !unknown::contains_unknown(manifest) {
-                let object = objects::to_apply(manifest, &site.stack, &request.resource.address, identity.namespace.as_deref());
+                let object =
+                    objects::to_apply(manifest, &site.stack, &request.resource.address, identity.namespace.as_deref());
                 if let Err(e) = site.apply(&kind, &identity, &object, spec.force_conflicts, true).await {
                     let namespace_comes = matches!(&e, kube::Error::Api(s) if s.code == 404)
                         && identity.namespace.as_ref().is_some_and(|ns| {
@@ -507,7 +497,9 @@ impl KubernetesProvider {
         }
         let outputs = current.outputs.clone();
         let not_ready = current.private.get("notReady").and_then(Value::as_str);
-        if current.private.get("unlabelled").and_then(Value::as_bool) == Some(true) && !unknown::contains_unknown(manifest) {
+        if current.private.get("unlabelled").and_then(Value::as_bool) == Some(true)
+            && !unknown::contains_unknown(manifest)
+        {
             warnings.push(Diagnostic::warning(format!(
                 "{} lacks the label {}={}: apply adds it (with the fields of the manifest, under field manager {})",
                 placed.describe(),
@@ -557,7 +549,9 @@ impl KubernetesProvider {
                 Ok(respond(update(&live_manifest, manifest), outputs))
             }
             Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("immutable") => Ok(respond(
-                PlannedAction::Replace { reasons: vec![format!("the server cannot change it in place: {}", status.message)] },
+                PlannedAction::Replace {
+                    reasons: vec![format!("the server cannot change it in place: {}", status.message)],
+                },
                 unknown_outputs(Some(&placed)),
             )),
             Err(e) => Err(site.error(&format!("the server refuses {}", placed.describe()), e)),
@@ -598,7 +592,8 @@ impl KubernetesProvider {
             Ok(live) => live,
             Err(e) => return (None, vec![site.error(&format!("applying {}", identity.describe()), e)]),
         };
-        let prior_manifest = request.current.as_ref().and_then(|c| c.spec.get("manifest")).cloned().unwrap_or(Value::Null);
+        let prior_manifest =
+            request.current.as_ref().and_then(|c| c.spec.get("manifest")).cloned().unwrap_or(Value::Null);
         let shape = objects::merge_shapes(&spec.manifest, &prior_manifest);
         let mut diagnostics = Vec::new();
         let mut not_ready = None;
@@ -633,7 +628,13 @@ impl KubernetesProvider {
                 match site.get(&kind, &identity).await {
                     Ok(Some(now)) => live = now,
                     Ok(None) => {
-                        return (None, vec![Diagnostic::error(format!("{} disappeared while strata waited for it", identity.describe()))]);
+                        return (
+                            None,
+                            vec![Diagnostic::error(format!(
+                                "{} disappeared while strata waited for it",
+                                identity.describe()
+                            ))],
+                        );
                     }
                     // A dropped connection while waiting: try again until the deadline.
                     Err(d) if d.transient && Instant::now() < deadline => {}
@@ -659,7 +660,8 @@ impl KubernetesProvider {
             return Ok(());
         };
         let api = site.api(&kind, &identity);
-        let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+        let params =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
         site.count();
         match api.delete(&identity.name, &params).await {
             Ok(_) => {}

@@ -31,7 +31,8 @@ pub struct Identity {
 impl Identity {
     /// The identity of a manifest; `None` when a part of it is not known yet.
     pub fn of(manifest: &Value) -> Option<Identity> {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !unknown::is_unknown_str(s)).map(String::from);
+        let text =
+            |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !unknown::is_unknown_str(s)).map(String::from);
         let api_version = text(manifest.get("apiVersion"))?;
         let kind = text(manifest.get("kind"))?;
         let metadata = manifest.get("metadata");
@@ -97,10 +98,7 @@ pub fn split_api_version(api_version: &str) -> (String, String) {
 pub fn identity_change(before: &Identity, after: &Identity) -> Vec<String> {
     let mut reasons = Vec::new();
     if before.group != after.group {
-        reasons.push(format!(
-            "`manifest.apiVersion` cannot change its group in place (now {:?})",
-            before.api_version
-        ));
+        reasons.push(format!("`manifest.apiVersion` cannot change its group in place (now {:?})", before.api_version));
     }
     if before.kind != after.kind {
         reasons.push(format!("`manifest.kind` cannot change in place (now {:?})", before.kind));
@@ -165,9 +163,9 @@ fn list_key(shape: &[Value]) -> Option<&'static str> {
 /// the server set are left out, so that they never show as drift.
 pub fn project(live: &Value, shape: &Value) -> Value {
     match (live, shape) {
-        (Value::Object(live), Value::Object(shape)) => Value::Object(
-            shape.iter().filter_map(|(k, s)| live.get(k).map(|l| (k.clone(), project(l, s)))).collect(),
-        ),
+        (Value::Object(live), Value::Object(shape)) => {
+            Value::Object(shape.iter().filter_map(|(k, s)| live.get(k).map(|l| (k.clone(), project(l, s)))).collect())
+        }
         (Value::Array(live), Value::Array(shape)) => match list_key(shape) {
             Some(key) => Value::Array(
                 shape
@@ -287,7 +285,11 @@ pub enum Readiness {
 }
 
 fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+    object
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
 }
 
 fn condition_true(object: &Value, kind: &str) -> bool {
@@ -404,9 +406,18 @@ mod tests {
     fn ids_round_trip() {
         for (manifest, id) in [
             (json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpu"}}), "v1/Namespace/gpu"),
-            (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}}), "v1/ConfigMap/n/c"),
-            (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "n"}}), "apps/v1/Deployment/n/d"),
-            (json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}}), "rbac.authorization.k8s.io/v1/ClusterRole/r"),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "n"}}),
+                "v1/ConfigMap/n/c",
+            ),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "n"}}),
+                "apps/v1/Deployment/n/d",
+            ),
+            (
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}}),
+                "rbac.authorization.k8s.io/v1/ClusterRole/r",
+            ),
         ] {
             let identity = Identity::of(&manifest).unwrap();
             assert_eq!(identity.id(), id);
@@ -414,7 +425,12 @@ mod tests {
         }
         assert_eq!(Identity::parse("Deployment/x"), None);
         assert_eq!(Identity::parse("apps/v1/deployment/n/d"), None);
-        assert_eq!(Identity::of(&json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": unknown::marker("a/b/c.d/e", "id")}})), None);
+        assert_eq!(
+            Identity::of(
+                &json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": unknown::marker("a/b/c.d/e", "id")}})
+            ),
+            None
+        );
     }
 
     #[test]
@@ -459,7 +475,8 @@ mod tests {
             json!({"manifest": {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "gadgets.example.com"}, "spec": {"group": "example.com", "names": {"kind": "Gadget"}}}}),
             json!({"manifest": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "elsewhere"}}}),
         ];
-        let refs: Vec<SpecRef<'_>> = specs.iter().map(|s| SpecRef { resource_type: crate::MANIFEST, spec: s }).collect();
+        let refs: Vec<SpecRef<'_>> =
+            specs.iter().map(|s| SpecRef { resource_type: crate::MANIFEST, spec: s }).collect();
         let mut deps = implied_dependencies(&refs);
         deps.sort();
         assert_eq!(deps, vec![(0, 1), (0, 2)]);
@@ -474,7 +491,9 @@ mod tests {
             "conditions": [{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."}]}});
         assert_eq!(
             readiness(&deployment),
-            Readiness::Waiting("Available=False (MinimumReplicasUnavailable): Deployment does not have minimum availability.".into())
+            Readiness::Waiting(
+                "Available=False (MinimumReplicasUnavailable): Deployment does not have minimum availability.".into()
+            )
         );
         let job = json!({"kind": "Job", "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}});
         assert_eq!(readiness(&job), Readiness::Failed("Failed=True (BackoffLimitExceeded)".into()));
@@ -488,12 +507,20 @@ mod tests {
         assert!(matches!(readiness(&stale), Readiness::Waiting(_)));
         let unversioned = json!({"kind": "Widget", "metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
         assert_eq!(readiness(&unversioned), Readiness::Ready);
-        assert_eq!(readiness(&json!({"kind": "Namespace", "status": {"phase": "Terminating"}})), Readiness::Waiting("phase is Terminating".into()));
+        assert_eq!(
+            readiness(&json!({"kind": "Namespace", "status": {"phase": "Terminating"}})),
+            Readiness::Waiting("phase is Terminating".into())
+        );
     }
 
     #[test]
     fn ownership_is_added() {
-        let object = to_apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}), "my stack!", "s/c/kubernetes.manifest/c", Some("default"));
+        let object = to_apply(
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            "my stack!",
+            "s/c/kubernetes.manifest/c",
+            Some("default"),
+        );
         assert_eq!(object["metadata"]["namespace"], "default");
         assert_eq!(object["metadata"]["labels"][STACK_LABEL], "my-stack");
         assert_eq!(object["metadata"]["annotations"][ADDRESS_ANNOTATION], "s/c/kubernetes.manifest/c");

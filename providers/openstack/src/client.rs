@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, Method};
+use openstack_sdk::AsyncOpenStack;
 use openstack_sdk::api::{QueryAsync, QueryParams, RestEndpoint, raw};
 use openstack_sdk::types::{ApiVersion, ServiceType};
-use openstack_sdk::AsyncOpenStack;
 use serde_json::Value;
 use strata_provider_sdk::Diagnostic;
 
@@ -175,15 +175,16 @@ pub async fn send(
         body,
         headers,
     };
-    let response: http::Response<bytes::Bytes> = raw(call).skip_error_check(true).query_async(client.as_ref()).await.map_err(|e| {
-        let text = chain(&e);
-        let d = Diagnostic::error(format!("no answer from the {service:?} API: {text}"));
-        Failure::Other(if text.contains("catalog") || text.contains("Catalog") {
-            d.with_hint("the service is not in the cloud's catalog for this region and interface")
-        } else {
-            d.transient().with_hint("check that the cloud's endpoints are reachable from here")
-        })
-    })?;
+    let response: http::Response<bytes::Bytes> =
+        raw(call).skip_error_check(true).query_async(client.as_ref()).await.map_err(|e| {
+            let text = strata_provider_sdk::error_chain(&e);
+            let d = Diagnostic::error(format!("no answer from the {service:?} API: {text}"));
+            Failure::Other(if text.contains("catalog") || text.contains("Catalog") {
+                d.with_hint("the service is not in the cloud's catalog for this region and interface")
+            } else {
+                d.transient().with_hint("check that the cloud's endpoints are reachable from here")
+            })
+        })?;
     let status = response.status().as_u16();
     let body = response.body();
     if status >= 400 {
@@ -197,21 +198,6 @@ pub async fn send(
     })
 }
 
-/// The `source()` chain of an error, joined.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +208,10 @@ mod tests {
             error_message(br#"{"NeutronError": {"type": "InvalidInput", "message": "Invalid input for operation: 'x' is not a valid IP subnet.", "detail": ""}}"#),
             "Invalid input for operation: 'x' is not a valid IP subnet."
         );
-        assert_eq!(error_message(br#"{"badRequest": {"code": 400, "message": "Invalid flavorRef provided."}}"#), "Invalid flavorRef provided.");
+        assert_eq!(
+            error_message(br#"{"badRequest": {"code": 400, "message": "Invalid flavorRef provided."}}"#),
+            "Invalid flavorRef provided."
+        );
         assert_eq!(error_message(br#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#), "The request you have made requires authentication.");
         assert_eq!(error_message(b"<html>502 Bad Gateway</html>"), "<html>502 Bad Gateway</html>");
     }

@@ -116,18 +116,24 @@ impl Site {
             .connect()
             .await
             .map_err(|e| {
-                let text = client::chain(&e);
+                let text = error_chain(&e);
                 let lower = text.to_lowercase();
-                let unreachable = ["connect", "sending request", "timed out", "dns error", "discovery error", "not working"];
+                let unreachable =
+                    ["connect", "sending request", "timed out", "dns error", "discovery error", "not working"];
                 if unreachable.iter().any(|u| lower.contains(u)) {
                     Diagnostic::error(format!("cannot reach Keystone at {} ({}): {text}", self.auth_url, self.source))
                         .with_field("site.cloud")
                         .with_hint("check that the cloud is up and that `auth_url` is right")
                         .transient()
                 } else if lower.contains("401") || lower.contains("unauthorized") || lower.contains("authentication") {
-                    Diagnostic::error(format!("Keystone at {} refused the credentials of {}: {text}", self.auth_url, self.source))
-                        .with_field("site.cloud")
-                        .with_hint("check the user, password (or application credential), project and domains of that cloud entry")
+                    Diagnostic::error(format!(
+                        "Keystone at {} refused the credentials of {}: {text}",
+                        self.auth_url, self.source
+                    ))
+                    .with_field("site.cloud")
+                    .with_hint(
+                        "check the user, password (or application credential), project and domains of that cloud entry",
+                    )
                 } else {
                     Diagnostic::error(format!("cannot authenticate to {} ({}): {text}", self.auth_url, self.source))
                         .with_field("site.cloud")
@@ -139,7 +145,7 @@ impl Site {
             self.calls.fetch_add(1, Ordering::Relaxed);
             // Best effort: a service without a version document is used at its catalog URL.
             if let Err(e) = connected.discover_service_endpoint(&service).await {
-                tracing::debug!(%service, "no version discovery: {}", client::chain(&e));
+                tracing::debug!(%service, "no version discovery: {}", error_chain(&e));
             }
         }
         let connected = Arc::new(connected);
@@ -162,7 +168,7 @@ impl Site {
             Err(Failure::Other(d)) if d.summary.contains("Api Version") || d.summary.contains("catalog") => {
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = client.discover_service_endpoint(&service.service_type()).await {
-                    tracing::debug!("discovery again failed: {}", client::chain(&e));
+                    tracing::debug!("discovery again failed: {}", error_chain(&e));
                 }
                 client::send(&client, &self.calls, method, service, path, query, body).await
             }
@@ -304,8 +310,14 @@ impl Site {
                     .unwrap_or_default();
                 match ids.as_slice() {
                     [one] => Ok(one.clone()),
-                    [] => Err(format!("no image named or with id `{image}` is visible to the project ({})", self.source)),
-                    many => Err(format!("{} images are named `{image}`: use the id of one ({})", many.len(), many.join(", "))),
+                    [] => {
+                        Err(format!("no image named or with id `{image}` is visible to the project ({})", self.source))
+                    }
+                    many => Err(format!(
+                        "{} images are named `{image}`: use the id of one ({})",
+                        many.len(),
+                        many.join(", ")
+                    )),
                 }
             }
             Err(f) => return Err(f.into_diagnostic(&format!("looking up image {image}"))),
@@ -334,7 +346,9 @@ impl OpenStackProvider {
                 // only knows `OS_CLIENT_CONFIG_PATH`.
                 let file = match &config.clouds_file {
                     Some(path) => Some(request.base_dir.join(path)),
-                    None => std::env::var_os("OS_CLIENT_CONFIG_FILE").filter(|f| !f.is_empty()).map(std::path::PathBuf::from),
+                    None => std::env::var_os("OS_CLIENT_CONFIG_FILE")
+                        .filter(|f| !f.is_empty())
+                        .map(std::path::PathBuf::from),
                 };
                 if let Some(file) = &file
                     && !file.exists()
@@ -343,12 +357,13 @@ impl OpenStackProvider {
                         .with_field("cloudsFile")
                         .with_hint("the path is relative to the stack file"));
                 }
-                let files = ConfigFile::new_with_user_specified_configs(file.as_ref(), None::<&std::path::Path>).map_err(|e| {
-                    Diagnostic::error(format!("cannot read clouds.yaml: {}", client::chain(&e)))
-                        .with_field(if config.clouds_file.is_some() { "cloudsFile" } else { "cloud" })
-                })?;
+                let files = ConfigFile::new_with_user_specified_configs(file.as_ref(), None::<&std::path::Path>)
+                    .map_err(|e| {
+                        Diagnostic::error(format!("cannot read clouds.yaml: {}", error_chain(&e)))
+                            .with_field(if config.clouds_file.is_some() { "cloudsFile" } else { "cloud" })
+                    })?;
                 let found = files.get_cloud_config(name).map_err(|e| {
-                    Diagnostic::error(format!("cannot read cloud `{name}` of clouds.yaml: {}", client::chain(&e)))
+                    Diagnostic::error(format!("cannot read cloud `{name}` of clouds.yaml: {}", error_chain(&e)))
                         .with_field("cloud")
                 })?;
                 let Some(found) = found else {
@@ -360,12 +375,15 @@ impl OpenStackProvider {
             }
             None => {
                 let found = CloudConfig::from_env().map_err(|e| {
-                    Diagnostic::error(format!("cannot read the OS_* variables: {}", client::chain(&e))).with_field("cloud")
+                    Diagnostic::error(format!("cannot read the OS_* variables: {}", error_chain(&e)))
+                        .with_field("cloud")
                 })?;
                 if found.auth.as_ref().and_then(|a| a.auth_url.as_ref()).is_none() {
-                    return Err(Diagnostic::error("no OpenStack cloud: the site names no `cloud`, and neither OS_CLOUD nor OS_AUTH_URL is set")
-                        .with_field("cloud")
-                        .with_hint("set `cloud` to an entry of clouds.yaml, or export OS_CLOUD or the OS_* variables"));
+                    return Err(Diagnostic::error(
+                        "no OpenStack cloud: the site names no `cloud`, and neither OS_CLOUD nor OS_AUTH_URL is set",
+                    )
+                    .with_field("cloud")
+                    .with_hint("set `cloud` to an entry of clouds.yaml, or export OS_CLOUD or the OS_* variables"));
                 }
                 (found, "the OS_* variables".to_string())
             }
@@ -376,7 +394,8 @@ impl OpenStackProvider {
         if let Some(interface) = &config.interface {
             cloud_config.interface = Some(interface.clone());
         }
-        let auth_url = cloud_config.auth.as_ref().and_then(|a| a.auth_url.clone()).unwrap_or_else(|| "(no auth_url)".into());
+        let auth_url =
+            cloud_config.auth.as_ref().and_then(|a| a.auth_url.clone()).unwrap_or_else(|| "(no auth_url)".into());
         let site = Site {
             stack: request.stack.clone(),
             source,

@@ -20,12 +20,32 @@ pub struct TypeInfo {
 pub const TYPES: &[TypeInfo] = &[
     TypeInfo { name: "openstack.network", description: "a Neutron network", outputs: &["id", "name"] },
     TypeInfo { name: "openstack.subnet", description: "a subnet of a network", outputs: &["id", "cidr", "gatewayIp"] },
-    TypeInfo { name: "openstack.router", description: "a router with its interfaces and external gateway", outputs: &["id", "externalIp"] },
-    TypeInfo { name: "openstack.security_group", description: "a security group with its rules", outputs: &["id", "name"] },
+    TypeInfo {
+        name: "openstack.router",
+        description: "a router with its interfaces and external gateway",
+        outputs: &["id", "externalIp"],
+    },
+    TypeInfo {
+        name: "openstack.security_group",
+        description: "a security group with its rules",
+        outputs: &["id", "name"],
+    },
     TypeInfo { name: "openstack.keypair", description: "an SSH keypair (Nova)", outputs: &["name", "fingerprint"] },
-    TypeInfo { name: "openstack.port", description: "a Neutron port", outputs: &["id", "ip", "fixedIps", "macAddress"] },
-    TypeInfo { name: "openstack.server", description: "a Nova server (GPU flavors checked at plan)", outputs: &["id", "ip", "status", "flavor"] },
-    TypeInfo { name: "openstack.floating_ip", description: "a floating IP, optionally on a port", outputs: &["id", "address"] },
+    TypeInfo {
+        name: "openstack.port",
+        description: "a Neutron port",
+        outputs: &["id", "ip", "fixedIps", "macAddress"],
+    },
+    TypeInfo {
+        name: "openstack.server",
+        description: "a Nova server (GPU flavors checked at plan)",
+        outputs: &["id", "ip", "status", "flavor"],
+    },
+    TypeInfo {
+        name: "openstack.floating_ip",
+        description: "a floating IP, optionally on a port",
+        outputs: &["id", "address"],
+    },
 ];
 
 /// A Neutron type: its collection, the spec fields and the API fields they map to, and the
@@ -185,7 +205,10 @@ fn project(live: &Value, shape: &Value) -> Value {
             Value::Object(s.iter().filter_map(|(k, sv)| l.get(k).map(|lv| (k.clone(), project(lv, sv)))).collect())
         }
         (Value::Array(l), Value::Array(s)) => Value::Array(
-            l.iter().enumerate().map(|(i, lv)| s.get(i).map(|sv| project(lv, sv)).unwrap_or_else(|| lv.clone())).collect(),
+            l.iter()
+                .enumerate()
+                .map(|(i, lv)| s.get(i).map(|sv| project(lv, sv)).unwrap_or_else(|| lv.clone()))
+                .collect(),
         ),
         _ => live.clone(),
     }
@@ -220,16 +243,24 @@ fn canonical_rule(rule: &Value) -> Value {
         other => other,
     };
     let mut out = Map::new();
-    out.insert("direction".into(), match field("direction", "direction") {
-        Value::Null => json!("ingress"),
-        d => d,
-    });
-    out.insert("ethertype".into(), match field("ethertype", "ethertype") {
-        Value::Null => json!("IPv4"),
-        e => e,
-    });
+    out.insert(
+        "direction".into(),
+        match field("direction", "direction") {
+            Value::Null => json!("ingress"),
+            d => d,
+        },
+    );
+    out.insert(
+        "ethertype".into(),
+        match field("ethertype", "ethertype") {
+            Value::Null => json!("IPv4"),
+            e => e,
+        },
+    );
     out.insert("protocol".into(), protocol);
-    for (camel, snake) in [("portRangeMin", "port_range_min"), ("portRangeMax", "port_range_max"), ("remoteIpPrefix", "remote_ip_prefix")] {
+    for (camel, snake) in
+        [("portRangeMin", "port_range_min"), ("portRangeMax", "port_range_max"), ("remoteIpPrefix", "remote_ip_prefix")]
+    {
         let v = field(camel, snake);
         if !v.is_null() {
             out.insert(camel.into(), v);
@@ -239,11 +270,8 @@ fn canonical_rule(rule: &Value) -> Value {
 }
 
 fn canonical_rules(rules: &[Value], with_egress: bool) -> Vec<Value> {
-    let mut out: Vec<Value> = rules
-        .iter()
-        .map(canonical_rule)
-        .filter(|r| with_egress || r["direction"] == "ingress")
-        .collect();
+    let mut out: Vec<Value> =
+        rules.iter().map(canonical_rule).filter(|r| with_egress || r["direction"] == "ingress").collect();
     out.sort_by_key(|v| v.to_string());
     out.dedup();
     out
@@ -291,7 +319,9 @@ async fn find(site: &Site, kind: &Kind, request: &ReadRequest) -> Result<Option<
                 .find(|o| prior_id.is_some() && o.get("id").and_then(Value::as_str) == prior_id.as_deref())
                 .or_else(|| {
                     list.iter().find(|o| {
-                        o.get("tags").and_then(Value::as_array).is_some_and(|t| t.iter().any(|t| t.as_str() == Some(&tag)))
+                        o.get("tags")
+                            .and_then(Value::as_array)
+                            .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(&tag)))
                     })
                 })
                 .cloned();
@@ -313,15 +343,15 @@ async fn find(site: &Site, kind: &Kind, request: &ReadRequest) -> Result<Option<
                 .filter(|s| s.get("status").and_then(Value::as_str) != Some("DELETED"))
                 .find(|s| {
                     prior_id.is_some() && s.get("id").and_then(Value::as_str) == prior_id.as_deref()
-                        || s.pointer("/metadata/strata:address").and_then(Value::as_str) == Some(&request.resource.address)
+                        || s.pointer("/metadata/strata:address").and_then(Value::as_str)
+                            == Some(&request.resource.address)
                 })
                 .cloned();
             Ok(found)
         }
         Kind::Keypair => {
-            let name = text(&request.spec, "name")
-                .map(String::from)
-                .or_else(|| request.prior.as_ref().map(|p| p.id.clone()));
+            let name =
+                text(&request.spec, "name").map(String::from).or_else(|| request.prior.as_ref().map(|p| p.id.clone()));
             let Some(name) = name else { return Ok(None) };
             match site.send(Method::GET, Service::Compute, &format!("os-keypairs/{name}"), &[], None).await {
                 Ok(v) => Ok(v.get("keypair").cloned()),
@@ -362,13 +392,20 @@ fn server_ip(server: &Value) -> Value {
     server
         .get("addresses")
         .and_then(Value::as_object)
-        .and_then(|nets| nets.values().flat_map(|a| a.as_array().cloned().unwrap_or_default()).find_map(|a| a.get("addr").cloned()))
+        .and_then(|nets| {
+            nets.values().flat_map(|a| a.as_array().cloned().unwrap_or_default()).find_map(|a| a.get("addr").cloned())
+        })
         .unwrap_or(Value::Null)
 }
 
 /// The live object in the shape of `desired` (every field when `desired` is `None`, for
 /// import), with outputs.
-async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value>) -> Result<ResourceState, Diagnostic> {
+async fn state_of(
+    site: &Site,
+    kind: &Kind,
+    live: &Value,
+    desired: Option<&Value>,
+) -> Result<ResourceState, Diagnostic> {
     let wanted = |key: &str| desired.is_none_or(|d| d.get(key).is_some());
     let mut spec = Map::new();
     let id = live.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -407,8 +444,12 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                         .is_none_or(|rules| rules.iter().any(|r| canonical_rule(r)["direction"] == "egress"));
                     let rules = live.get("security_group_rules").and_then(Value::as_array).cloned().unwrap_or_default();
                     if wanted("rules") {
-                        let desired_rules = desired.and_then(|d| d.get("rules")).and_then(Value::as_array).cloned().unwrap_or_default();
-                        spec.insert("rules".into(), Value::Array(present_rules(&canonical_rules(&rules, with_egress), &desired_rules)));
+                        let desired_rules =
+                            desired.and_then(|d| d.get("rules")).and_then(Value::as_array).cloned().unwrap_or_default();
+                        spec.insert(
+                            "rules".into(),
+                            Value::Array(present_rules(&canonical_rules(&rules, with_egress), &desired_rules)),
+                        );
                     }
                     outputs = json!({"id": id, "name": live.get("name")});
                 }
@@ -436,7 +477,8 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                 spec.insert("name".into(), live.get("name").cloned().unwrap_or(Value::Null));
             }
             let live_image = live.pointer("/image/id").and_then(Value::as_str).unwrap_or_default().to_string();
-            let live_flavor = live.pointer("/flavor/original_name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let live_flavor =
+                live.pointer("/flavor/original_name").and_then(Value::as_str).unwrap_or_default().to_string();
             // The spec names images and flavors as it likes (name or id): the same object
             // reads back as the spec wrote it.
             if let Some(image) = text(&d, "image") {
@@ -446,14 +488,18 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                 spec.insert("image".into(), json!(live_image));
             }
             let flavor = resolve_flavor(site, &d).await.ok().flatten();
-            let flavor_matches = flavor.as_ref().is_some_and(|f| f.get("name").and_then(Value::as_str) == Some(&live_flavor));
+            let flavor_matches =
+                flavor.as_ref().is_some_and(|f| f.get("name").and_then(Value::as_str) == Some(&live_flavor));
             if d.get("flavor").is_some() {
                 spec.insert("flavor".into(), if flavor_matches { d["flavor"].clone() } else { json!(live_flavor) });
             } else if desired.is_none() {
                 spec.insert("flavor".into(), json!(live_flavor));
             }
             if d.get("gpu").is_some() {
-                spec.insert("gpu".into(), if flavor_matches { d["gpu"].clone() } else { json!({"flavor": live_flavor}) });
+                spec.insert(
+                    "gpu".into(),
+                    if flavor_matches { d["gpu"].clone() } else { json!({"flavor": live_flavor}) },
+                );
             }
             if wanted("keypair") {
                 spec.insert("keypair".into(), live.get("key_name").cloned().unwrap_or(Value::Null));
@@ -471,7 +517,10 @@ async fn state_of(site: &Site, kind: &Kind, live: &Value, desired: Option<&Value
                 spec.insert("securityGroups".into(), Value::Array(groups));
             }
             if wanted("availabilityZone") {
-                spec.insert("availabilityZone".into(), live.get("OS-EXT-AZ:availability_zone").cloned().unwrap_or(Value::Null));
+                spec.insert(
+                    "availabilityZone".into(),
+                    live.get("OS-EXT-AZ:availability_zone").cloned().unwrap_or(Value::Null),
+                );
             }
             // Not readable back (user data), or fixed at creation (networks): as applied.
             for key in ["networks", "userData"] {
@@ -521,12 +570,12 @@ pub async fn read(site: &Site, request: &ReadRequest) -> Result<Option<ResourceS
 /// names neither (or names it with an unknown value).
 async fn resolve_flavor(site: &Site, spec: &Value) -> Result<Option<Value>, Diagnostic> {
     let flavors = site.flavors().await?;
-    let alias_of = |f: &Value| f.pointer("/extra_specs/pci_passthrough:alias").and_then(Value::as_str).map(String::from);
+    let alias_of =
+        |f: &Value| f.pointer("/extra_specs/pci_passthrough:alias").and_then(Value::as_str).map(String::from);
     if let Some(name) = text(spec, "flavor") {
-        let Some(flavor) = flavors
-            .iter()
-            .find(|f| f.get("id").and_then(Value::as_str) == Some(name) || f.get("name").and_then(Value::as_str) == Some(name))
-        else {
+        let Some(flavor) = flavors.iter().find(|f| {
+            f.get("id").and_then(Value::as_str) == Some(name) || f.get("name").and_then(Value::as_str) == Some(name)
+        }) else {
             let names: Vec<&str> = flavors.iter().filter_map(|f| f.get("name").and_then(Value::as_str)).collect();
             return Err(Diagnostic::error(format!("no flavor `{name}` is visible to the project ({})", site.source))
                 .with_field("flavor")
@@ -575,7 +624,10 @@ async fn resolve_flavor(site: &Site, spec: &Value) -> Result<Option<Value>, Diag
 /// `h100:2` for `{model: H100, count: 2}`: the site's `gpuAliases` name the PCI alias of a
 /// model, else it is the model in lower case.
 fn gpu_alias(site: &Site, gpu: &Value) -> Result<String, Diagnostic> {
-    let model = gpu.get("model").and_then(Value::as_str).ok_or_else(|| Diagnostic::error("`gpu.model` is missing").with_field("gpu.model"))?;
+    let model = gpu
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Diagnostic::error("`gpu.model` is missing").with_field("gpu.model"))?;
     let count = gpu.get("count").and_then(Value::as_u64).unwrap_or(1);
     let alias = site.gpu_aliases.get(model).cloned().unwrap_or_else(|| model.to_lowercase());
     Ok(format!("{alias}:{count}"))
@@ -600,7 +652,8 @@ fn changed_fields(desired: &Value, current: &Value) -> Vec<String> {
             match k.as_str() {
                 "securityGroupIds" | "subnetIds" | "securityGroups" => sorted(d) != sorted(c),
                 "rules" => {
-                    let with_egress = d.as_array().is_some_and(|r| r.iter().any(|r| canonical_rule(r)["direction"] == "egress"));
+                    let with_egress =
+                        d.as_array().is_some_and(|r| r.iter().any(|r| canonical_rule(r)["direction"] == "egress"));
                     canonical_rules(d.as_array().map(Vec::as_slice).unwrap_or(&[]), with_egress)
                         != canonical_rules(c.as_array().map(Vec::as_slice).unwrap_or(&[]), with_egress)
                 }
@@ -625,7 +678,12 @@ pub async fn plan(site: &Site, request: &PlanRequest) -> Result<PlanResponse, Di
     let kind = kind_of(&request.resource.resource_type)?;
     let desired = &request.desired;
     let outputs = |current| planned_outputs(&request.resource.resource_type, &request.resource.address, current);
-    let respond = |action, current| PlanResponse { diagnostics: vec![], action, planned_outputs: outputs(current), private: Value::Null };
+    let respond = |action, current| PlanResponse {
+        diagnostics: vec![],
+        action,
+        planned_outputs: outputs(current),
+        private: Value::Null,
+    };
     // A server's image and flavor must exist (and carry the GPUs) before anything is made.
     let check_server = || async {
         if let Some(image) = text(desired, "image") {
@@ -664,7 +722,10 @@ pub async fn plan(site: &Site, request: &PlanRequest) -> Result<PlanResponse, Di
             if unknown::contains_unknown(&desired[f.as_str()]) {
                 format!("`{f}` cannot change in place (its new value is known after apply)")
             } else {
-                format!("`{f}` cannot change in place (now {})", short(current.spec.get(f.as_str()).unwrap_or(&Value::Null)))
+                format!(
+                    "`{f}` cannot change in place (now {})",
+                    short(current.spec.get(f.as_str()).unwrap_or(&Value::Null))
+                )
             }
         })
         .collect();
@@ -711,7 +772,10 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
     let changed = current_spec.as_ref().map(|c| changed_fields(desired, c));
     let mut id = request.current.as_ref().map(|c| c.id.clone());
     let mut body = neutron_body(n, desired, changed.as_deref());
-    if n.singular == "router" && desired.get("externalNetworkId").is_some() && changed.as_ref().is_none_or(|c| c.iter().any(|f| f == "externalNetworkId")) {
+    if n.singular == "router"
+        && desired.get("externalNetworkId").is_some()
+        && changed.as_ref().is_none_or(|c| c.iter().any(|f| f == "externalNetworkId"))
+    {
         body.insert(
             "external_gateway_info".into(),
             match text(desired, "externalNetworkId") {
@@ -747,17 +811,35 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
     let id = id.ok_or_else(|| Diagnostic::error(format!("the new {} came back without an id", n.singular)))?;
     match n.singular {
         "router" if desired.get("subnetIds").is_some() => {
-            let wanted: Vec<String> = desired["subnetIds"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
-            let have: Vec<String> = router_subnets(site, &id).await?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+            let wanted: Vec<String> = desired["subnetIds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let have: Vec<String> =
+                router_subnets(site, &id).await?.iter().filter_map(|v| v.as_str().map(String::from)).collect();
             for subnet in wanted.iter().filter(|s| !have.contains(s)) {
-                site.send(Method::PUT, Service::Network, &format!("routers/{id}/add_router_interface"), &[], Some(json!({"subnet_id": subnet})))
-                    .await
-                    .map_err(|f| f.into_diagnostic(&format!("adding subnet {subnet} to router {id}")))?;
+                site.send(
+                    Method::PUT,
+                    Service::Network,
+                    &format!("routers/{id}/add_router_interface"),
+                    &[],
+                    Some(json!({"subnet_id": subnet})),
+                )
+                .await
+                .map_err(|f| f.into_diagnostic(&format!("adding subnet {subnet} to router {id}")))?;
             }
             for subnet in have.iter().filter(|s| !wanted.contains(s)) {
-                site.send(Method::PUT, Service::Network, &format!("routers/{id}/remove_router_interface"), &[], Some(json!({"subnet_id": subnet})))
-                    .await
-                    .map_err(|f| f.into_diagnostic(&format!("removing subnet {subnet} from router {id}")))?;
+                site.send(
+                    Method::PUT,
+                    Service::Network,
+                    &format!("routers/{id}/remove_router_interface"),
+                    &[],
+                    Some(json!({"subnet_id": subnet})),
+                )
+                .await
+                .map_err(|f| f.into_diagnostic(&format!("removing subnet {subnet} from router {id}")))?;
             }
         }
         "security_group" if desired.get("rules").is_some() => {
@@ -765,7 +847,11 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
                 .send(Method::GET, Service::Network, &format!("security-groups/{id}"), &[], None)
                 .await
                 .map_err(|f| f.into_diagnostic(&format!("reading security group {id}")))?;
-            let live: Vec<Value> = group.pointer("/security_group/security_group_rules").and_then(Value::as_array).cloned().unwrap_or_default();
+            let live: Vec<Value> = group
+                .pointer("/security_group/security_group_rules")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let desired_rules: Vec<Value> = desired["rules"].as_array().cloned().unwrap_or_default();
             let with_egress = desired_rules.iter().any(|r| canonical_rule(r)["direction"] == "egress");
             let wanted = canonical_rules(&desired_rules, with_egress);
@@ -773,7 +859,10 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
                 let canonical = canonical_rule(rule);
                 if (with_egress || canonical["direction"] == "ingress") && !wanted.contains(&canonical) {
                     let rule_id = rule.get("id").and_then(Value::as_str).unwrap_or_default();
-                    match site.send(Method::DELETE, Service::Network, &format!("security-group-rules/{rule_id}"), &[], None).await {
+                    match site
+                        .send(Method::DELETE, Service::Network, &format!("security-group-rules/{rule_id}"), &[], None)
+                        .await
+                    {
                         Ok(_) => {}
                         Err(f) if f.is_not_found() => {}
                         Err(f) => return Err(f.into_diagnostic(&format!("deleting rule {rule_id}"))),
@@ -790,9 +879,15 @@ async fn neutron_apply(site: &Site, n: &'static Neutron, request: &ApplyRequest)
                     }
                     body.insert(camel_to_snake(k), v.clone());
                 }
-                site.send(Method::POST, Service::Network, "security-group-rules", &[], Some(json!({"security_group_rule": body})))
-                    .await
-                    .map_err(|f| f.into_diagnostic(&format!("adding rule {rule} to security group {id}")))?;
+                site.send(
+                    Method::POST,
+                    Service::Network,
+                    "security-group-rules",
+                    &[],
+                    Some(json!({"security_group_rule": body})),
+                )
+                .await
+                .map_err(|f| f.into_diagnostic(&format!("adding rule {rule} to security group {id}")))?;
             }
         }
         _ => {}
@@ -831,7 +926,11 @@ async fn wait_active(site: &Site, id: &str) -> (Option<Value>, Option<Diagnostic
                 match server.get("status").and_then(Value::as_str) {
                     Some("ACTIVE") => return (Some(server), None),
                     Some("ERROR") => {
-                        let fault = server.pointer("/fault/message").and_then(Value::as_str).unwrap_or("no fault message").to_string();
+                        let fault = server
+                            .pointer("/fault/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no fault message")
+                            .to_string();
                         return (
                             Some(server),
                             Some(
@@ -854,14 +953,17 @@ async fn wait_active(site: &Site, id: &str) -> (Option<Value>, Option<Diagnostic
             }
         }
         if started.elapsed() >= site.server_timeout {
-            let status = last.as_ref().and_then(|s| s.get("status")).and_then(Value::as_str).unwrap_or("unknown").to_string();
+            let status =
+                last.as_ref().and_then(|s| s.get("status")).and_then(Value::as_str).unwrap_or("unknown").to_string();
             return (
                 last,
-                Some(Diagnostic::error(format!(
-                    "server {id} is not ACTIVE after {} s (status {status})",
-                    site.server_timeout.as_secs()
-                ))
-                .with_hint("raise the site's `serverTimeout`, or look at the server with `openstack server show`")),
+                Some(
+                    Diagnostic::error(format!(
+                        "server {id} is not ACTIVE after {} s (status {status})",
+                        site.server_timeout.as_secs()
+                    ))
+                    .with_hint("raise the site's `serverTimeout`, or look at the server with `openstack server show`"),
+                ),
             );
         }
         tokio::time::sleep(pause).await;
@@ -881,7 +983,9 @@ async fn server_create(site: &Site, request: &ApplyRequest) -> (Option<Value>, O
     };
     let flavor = match resolve_flavor(site, desired).await {
         Ok(Some(f)) => f.get("id").cloned().unwrap_or(Value::Null),
-        Ok(None) => return (None, Some(Diagnostic::error("the server names neither `flavor` nor `gpu`").with_field("flavor"))),
+        Ok(None) => {
+            return (None, Some(Diagnostic::error("the server names neither `flavor` nor `gpu`").with_field("flavor")));
+        }
         Err(d) => return (None, Some(d)),
     };
     let mut metadata = object(desired.get("metadata").unwrap_or(&Value::Null));
@@ -933,17 +1037,29 @@ async fn server_update(site: &Site, request: &ApplyRequest, current: &ResourceSt
     let changed = changed_fields(&request.desired, &current.spec);
     let id = &current.id;
     if changed.iter().any(|f| f == "name") {
-        site.send(Method::PUT, Service::Compute, &format!("servers/{id}"), &[], Some(json!({"server": {"name": request.desired["name"]}})))
-            .await
-            .map_err(|f| f.into_diagnostic(&format!("renaming server {id}")))?;
+        site.send(
+            Method::PUT,
+            Service::Compute,
+            &format!("servers/{id}"),
+            &[],
+            Some(json!({"server": {"name": request.desired["name"]}})),
+        )
+        .await
+        .map_err(|f| f.into_diagnostic(&format!("renaming server {id}")))?;
     }
     if changed.iter().any(|f| f == "metadata") {
         let mut metadata = object(request.desired.get("metadata").unwrap_or(&Value::Null));
         metadata.insert("strata:stack".into(), json!(site.stack));
         metadata.insert("strata:address".into(), json!(request.resource.address));
-        site.send(Method::PUT, Service::Compute, &format!("servers/{id}/metadata"), &[], Some(json!({"metadata": metadata})))
-            .await
-            .map_err(|f| f.into_diagnostic(&format!("setting the metadata of server {id}")))?;
+        site.send(
+            Method::PUT,
+            Service::Compute,
+            &format!("servers/{id}/metadata"),
+            &[],
+            Some(json!({"metadata": metadata})),
+        )
+        .await
+        .map_err(|f| f.into_diagnostic(&format!("setting the metadata of server {id}")))?;
     }
     site.invalidate("servers").await;
     Ok(())
@@ -963,10 +1079,13 @@ pub async fn apply(site: &Site, request: &ApplyRequest) -> (Option<ResourceState
                 (server, Some(d)) => Err((server, d)),
             },
             Some(current) => match server_update(site, request, current).await {
-                Ok(()) => match site.send(Method::GET, Service::Compute, &format!("servers/{}", current.id), &[], None).await {
-                    Ok(v) => Ok(v.get("server").cloned()),
-                    Err(f) => Err((None, f.into_diagnostic(&format!("reading server {}", current.id)))),
-                },
+                Ok(()) => {
+                    match site.send(Method::GET, Service::Compute, &format!("servers/{}", current.id), &[], None).await
+                    {
+                        Ok(v) => Ok(v.get("server").cloned()),
+                        Err(f) => Err((None, f.into_diagnostic(&format!("reading server {}", current.id)))),
+                    }
+                }
                 Err(d) => Err((None, d)),
             },
         },
@@ -1003,7 +1122,13 @@ pub async fn delete(site: &Site, request: &DeleteRequest) -> Result<(), Diagnost
                 // Interfaces first, then the gateway goes with the router.
                 for subnet in router_subnets(site, id).await? {
                     let r = site
-                        .send(Method::PUT, Service::Network, &format!("routers/{id}/remove_router_interface"), &[], Some(json!({"subnet_id": subnet})))
+                        .send(
+                            Method::PUT,
+                            Service::Network,
+                            &format!("routers/{id}/remove_router_interface"),
+                            &[],
+                            Some(json!({"subnet_id": subnet})),
+                        )
                         .await;
                     gone(r, format!("removing subnet {subnet} from router {id}"))?;
                 }
@@ -1058,13 +1183,22 @@ pub async fn import(site: &Site, request: &ImportRequest) -> Result<ResourceStat
                 .await
                 .map_err(|f| f.into_diagnostic(&format!("reading {} {id}", n.singular)))?;
             // The address holds slashes: the whole list goes in the body, not tags in the URL.
-            let mut tags: Vec<Value> = v.pointer(&format!("/{}/tags", n.singular)).and_then(Value::as_array).cloned().unwrap_or_default();
-            tags.retain(|t| !t.as_str().is_some_and(|t| t.starts_with("strata-stack=") || t.starts_with("strata-address=")));
+            let mut tags: Vec<Value> =
+                v.pointer(&format!("/{}/tags", n.singular)).and_then(Value::as_array).cloned().unwrap_or_default();
+            tags.retain(|t| {
+                !t.as_str().is_some_and(|t| t.starts_with("strata-stack=") || t.starts_with("strata-address="))
+            });
             tags.push(json!(site.stack_tag()));
             tags.push(json!(Site::address_tag(address)));
-            site.send(Method::PUT, Service::Network, &format!("{}/{id}/tags", n.collection), &[], Some(json!({"tags": tags})))
-                .await
-                .map_err(|f| f.into_diagnostic(&format!("tagging {} {id}", n.singular)))?;
+            site.send(
+                Method::PUT,
+                Service::Network,
+                &format!("{}/{id}/tags", n.collection),
+                &[],
+                Some(json!({"tags": tags})),
+            )
+            .await
+            .map_err(|f| f.into_diagnostic(&format!("tagging {} {id}", n.singular)))?;
             site.invalidate(n.collection).await;
             v.get(n.singular).cloned().unwrap_or(Value::Null)
         }
@@ -1083,9 +1217,15 @@ pub async fn import(site: &Site, request: &ImportRequest) -> Result<ResourceStat
             site.send(Method::PUT, Service::Compute, &format!("servers/{id}/tags/{}", site.stack_tag()), &[], None)
                 .await
                 .map_err(|f| f.into_diagnostic(&format!("tagging server {id}")))?;
-            site.send(Method::PUT, Service::Compute, &format!("servers/{id}/metadata/strata:address"), &[], Some(json!({"meta": {"strata:address": address}})))
-                .await
-                .map_err(|f| f.into_diagnostic(&format!("setting the metadata of server {id}")))?;
+            site.send(
+                Method::PUT,
+                Service::Compute,
+                &format!("servers/{id}/metadata/strata:address"),
+                &[],
+                Some(json!({"meta": {"strata:address": address}})),
+            )
+            .await
+            .map_err(|f| f.into_diagnostic(&format!("setting the metadata of server {id}")))?;
             site.invalidate("servers").await;
             v.get("server").cloned().unwrap_or(Value::Null)
         }
@@ -1106,14 +1246,27 @@ mod tests {
 
     #[test]
     fn rules_compare_in_one_form() {
-        let desired = json!([{"protocol": "TCP", "portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "10.0.0.0/8"}]);
+        let desired =
+            json!([{"protocol": "TCP", "portRangeMin": 22, "portRangeMax": 22, "remoteIpPrefix": "10.0.0.0/8"}]);
         let live = json!([
             {"direction": "egress", "ethertype": "IPv4", "protocol": null, "id": "a"},
             {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "10.0.0.0/8", "id": "b"}
         ]);
-        assert!(changed_fields(&json!({"rules": desired}), &json!({"rules": canonical_rules(live.as_array().unwrap(), false)})).is_empty());
+        assert!(
+            changed_fields(
+                &json!({"rules": desired}),
+                &json!({"rules": canonical_rules(live.as_array().unwrap(), false)})
+            )
+            .is_empty()
+        );
         let fewer = json!([{"direction": "egress", "protocol": null}]);
-        assert_eq!(changed_fields(&json!({"rules": desired}), &json!({"rules": canonical_rules(fewer.as_array().unwrap(), false)})), vec!["rules"]);
+        assert_eq!(
+            changed_fields(
+                &json!({"rules": desired}),
+                &json!({"rules": canonical_rules(fewer.as_array().unwrap(), false)})
+            ),
+            vec!["rules"]
+        );
     }
 
     #[test]

@@ -106,6 +106,23 @@ impl Diagnostic {
     }
 }
 
+/// An error and its `source()` chain in one line, each cause once (for a diagnostic's
+/// summary or detail: client libraries often say "client error" on top and the reason,
+/// "Connection refused", three sources down).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// True when any of the diagnostics is an error.
 pub fn has_errors(diagnostics: &[Diagnostic]) -> bool {
     diagnostics.iter().any(|d| d.severity == Severity::Error)
